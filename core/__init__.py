@@ -1,0 +1,11 @@
+"""cnnbp's NumPy backpropagation engine: layers, losses, network, initialisers, optimiser.
+
+No YAML, no files, no printing: the CLI (``cnnbp_cli``) does those.
+"""
+
+from core.errors import ShapeError
+from core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
+from core.network import LayerInfo, Sequential
+from core.optim import SGD
+
+__all__ = ["LOSSES", "MSE", "SGD", "LayerInfo", "Loss", "Sequential", "ShapeError", "SoftmaxCrossEntropy"]

@@ -1,0 +1,99 @@
+"""Parameter initialisers; every random draw takes a ``numpy.random.Generator``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+class Initializer:
+    """Callable ``(shape, fan_in, fan_out, rng, dtype, where) -> array``."""
+
+    name = "initializer"
+
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class GlorotUniform(Initializer):
+    """U(−r, r) with r = sqrt(6 / (fan_in + fan_out)), as DeepLearnToolbox's ``cnnsetup``.
+
+    For conv, fan_in = in_maps·kh·kw and fan_out = out_maps·kh·kw (SPEC §4).
+    """
+
+    name = "glorot_uniform"
+
+    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+        r = np.sqrt(6.0 / (fan_in + fan_out))
+        # DLT draws (rand − 0.5)·2·r; rng.uniform(−r, r) is the same distribution.
+        return rng.uniform(-r, r, size=shape).astype(dtype, copy=False)
+
+
+class HeNormal(Initializer):
+    """N(0, 2 / fan_in), the default before a relu."""
+
+    name = "he_normal"
+
+    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+        return (rng.standard_normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(dtype, copy=False)
+
+
+class Zeros(Initializer):
+    name = "zeros"
+
+    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+        return np.zeros(shape, dtype=dtype)
+
+
+class Constant(Initializer):
+    name = "constant"
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+        return np.full(shape, self.value, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Constant({self.value!r})"
+
+
+class Explicit(Initializer):
+    """Given values; their shape must equal the parameter's."""
+
+    name = "explicit"
+
+    def __init__(self, values: np.ndarray | list) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+        if self.values.shape != tuple(shape):
+            layer, _, key = where.partition(".")
+            raise ShapeError(
+                layer or "init", f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"
+            )
+        return self.values.astype(dtype, copy=True)
+
+    def __repr__(self) -> str:
+        return f"Explicit(shape={self.values.shape})"
+
+
+SCHEMES: dict[str, type[Initializer]] = {
+    "glorot_uniform": GlorotUniform,
+    "he_normal": HeNormal,
+    "zeros": Zeros,
+}

@@ -1,0 +1,115 @@
+"""The layer protocol: forward/backward, ``params`` and ``grads`` dicts with the same keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from core.errors import ShapeError
+from core.init import Initializer, Zeros
+
+Shape = tuple[int, ...]
+
+
+class Layer:
+    """A network layer.
+
+    Subclasses implement ``output_shape`` (per-sample shapes, no batch axis),
+    ``forward`` and ``backward``; parametric layers also ``param_shapes`` and
+    ``fans``.  ``backward(dy)`` takes ∂L/∂y for the batch, returns ∂L/∂x and
+    stores ∂L/∂θ in ``grads`` (summed over the batch: whatever scalar ``dy`` is
+    the gradient of).  ``dy`` is never modified in place.
+    """
+
+    kind: str = "layer"
+    #: True when the forward pass is a holomorphic function of inputs and params,
+    #: so complex-step differentiation applies.
+    analytic: bool = True
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.kind
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.init: dict[str, Initializer] = {}
+        self.input_shape: Shape | None = None
+        self._x: np.ndarray | None = None
+
+    # ---- shapes ------------------------------------------------------------------
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Per-sample output shape for a per-sample input shape; raises ShapeError."""
+        return input_shape
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        """Shapes of the parameters this layer would have for ``input_shape``."""
+        return {}
+
+    def fans(self, input_shape: Shape) -> tuple[int, int]:
+        """(fan_in, fan_out) used by the Glorot and He initialisers."""
+        return (1, 1)
+
+    def hyper(self) -> dict[str, object]:
+        """Hyper-parameters as plain values (for summaries and checkpoints)."""
+        return {}
+
+    # ---- parameters ------------------------------------------------------------------
+    def build(self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> None:
+        """Allocate and initialise the parameters for ``input_shape``."""
+        self.output_shape(input_shape)  # validates
+        self.input_shape = tuple(input_shape)
+        fan_in, fan_out = self.fans(input_shape)
+        self.params = {}
+        for key, shape in self.param_shapes(input_shape).items():
+            init = self.init.get(key, Zeros())
+            self.params[key] = init(shape, fan_in, fan_out, rng, dtype, where=f"{self.name}.{key}")
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
+        """Replace parameter values (checked against the current shapes), keeping dtype."""
+        for key, value in values.items():
+            if key not in self.params:
+                raise ShapeError(self.name, f"has no parameter {key!r} (it has {sorted(self.params)})")
+            arr = np.asarray(value)
+            if arr.shape != self.params[key].shape:
+                raise ShapeError(
+                    self.name, f"parameter {key} has shape {self.params[key].shape}, got {arr.shape}"
+                )
+            self.params[key][...] = arr
+
+    # ---- computation ------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _saved(self) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        return self._x
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
+        return f"{type(self).__name__}({self.name!r}{', ' if args else ''}{args})"
+
+
+def pair(value: int | tuple[int, int] | list[int], what: str, layer: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair; raises ShapeError for anything else."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise ShapeError(layer, f"{what} must be an int or a pair of ints, got {value!r}")
+
+
+def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
+    if len(input_shape) != rank:
+        raise ShapeError(
+            layer, f"expects {what} per sample, got shape {tuple(input_shape)}"
+        )

@@ -1,0 +1,23 @@
+"""Flatten: C×H×W → C·H·W features in C-major order (as ONNX ``Flatten``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.layers.base import Layer, Shape
+
+
+class Flatten(Layer):
+    """(N, C, H, W) → (N, C·H·W), index ``c·H·W + h·W + w``; backward reshapes back."""
+
+    kind = "flatten"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._x = x
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy.reshape(self._saved().shape)

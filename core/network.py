@@ -1,0 +1,146 @@
+"""Sequential network: shape inference, forward, backward, and per-sample delta recording."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import ShapeError
+from core.layers.base import Layer, Shape
+from core.losses import Loss
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of a model summary: what a layer receives, returns and holds."""
+
+    name: str
+    kind: str
+    input_shape: Shape
+    output_shape: Shape
+    param_shapes: dict[str, Shape]
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.param_shapes.values()))
+
+
+class Sequential:
+    """Layers applied in order to inputs of per-sample shape ``input_shape``.
+
+    ``backward`` receives per-sample output deltas ∂L_x/∂out (undivided) and passes
+    them down, so the array arriving at each layer's output *is* that layer's
+    per-sample delta (SPEC §1).  Parameter gradients are then divided by the batch
+    size m, giving the gradient of the batch-mean loss: ``∂L/∂W = (1/m) Σ_x δ_x a_x``.
+    """
+
+    def __init__(self, layers: Sequence[Layer], input_shape: Shape) -> None:
+        self.layers = list(layers)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        seen: set[str] = set()
+        for layer in self.layers:
+            if layer.name in seen:
+                raise ShapeError(layer.name, "layer names must be unique")
+            seen.add(layer.name)
+        self.dtype: np.dtype | None = None
+
+    # ---- inference before any data -------------------------------------------------
+    def summary(self) -> list[LayerInfo]:
+        """Shapes and parameter shapes of every layer; raises ShapeError naming the layer."""
+        rows, shape = [], self.input_shape
+        if not shape or any(s < 1 for s in shape):
+            raise ShapeError("input", f"input_shape must be positive sizes, got {shape}")
+        for layer in self.layers:
+            out = layer.output_shape(shape)
+            if any(s < 1 for s in out):
+                raise ShapeError(layer.name, f"leaves no output for the {_fmt(shape)} input (output {_fmt(out)})")
+            rows.append(LayerInfo(layer.name, layer.kind, shape, out, layer.param_shapes(shape)))
+            shape = out
+        return rows
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.summary()[-1].output_shape if self.layers else self.input_shape
+
+    @property
+    def n_params(self) -> int:
+        return sum(info.n_params for info in self.summary())
+
+    def build(self, rng: np.random.Generator, dtype: np.dtype | type = np.float32) -> Sequential:
+        """Initialise every parameter (in layer order, drawing from ``rng``)."""
+        self.dtype = np.dtype(dtype)
+        for info, layer in zip(self.summary(), self.layers):
+            layer.build(info.input_shape, rng, self.dtype)
+        return self
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
+
+    # ---- computation ------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1:] != self.input_shape:
+            raise ShapeError("input", f"expected samples of shape {_fmt(self.input_shape)}, got {_fmt(x.shape[1:])}")
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(
+        self, delta: np.ndarray, record: Callable[[str, np.ndarray], None] | None = None
+    ) -> np.ndarray:
+        """Propagate per-sample output deltas; returns ∂L_x/∂input for each sample.
+
+        ``record(name, d)``, when given, receives each layer's per-sample delta
+        (the gradient w.r.t. that layer's output) before the layer sees it.
+        The layers are unaware of it.  Parameter gradients are left summed over
+        the batch; ``gradients`` divides them.
+        """
+        for layer in reversed(self.layers):
+            if record is not None:
+                record(layer.name, delta)
+            delta = layer.backward(delta)
+        return delta
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        target: np.ndarray,
+        loss: Loss,
+        record: Callable[[str, np.ndarray], None] | None = None,
+    ) -> float:
+        """Forward, loss, backward; fills every ``layer.grads`` with ∂(mean loss)/∂θ.
+
+        Returns the batch-mean loss.
+        """
+        out = self.forward(x)
+        losses = loss.forward(out, target)
+        self.backward(loss.backward(), record)
+        inv_m = 1.0 / x.shape[0]
+        for layer in self.layers:
+            for g in layer.grads.values():
+                g *= inv_m
+        return float(losses.mean().real)
+
+    # ---- parameters ------------------------------------------------------------------
+    def parameters(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{layer: {param: array}}`` for every parametric layer (live arrays)."""
+        return {l.name: l.params for l in self.layers if l.params}
+
+    def grads(self) -> dict[str, dict[str, np.ndarray]]:
+        return {l.name: l.grads for l in self.layers if l.params}
+
+    def cast(self, dtype: np.dtype | type) -> Sequential:
+        """Convert every parameter (and gradient buffer) to ``dtype`` in place."""
+        self.dtype = np.dtype(dtype)
+        for layer in self.layers:
+            layer.params = {k: v.astype(dtype) for k, v in layer.params.items()}
+            layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+        return self
+
+
+def _fmt(shape: Shape) -> str:
+    return "×".join(str(s) for s in shape) if shape else "()"
