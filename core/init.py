@@ -82,7 +82,7 @@ class Explicit(Initializer):
 
     def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
         if self.values.shape != tuple(shape):
-            layer, _, key = where.partition(".")
+            layer, _, key = where.rpartition(".")
             raise ShapeError(
                 layer or "init", f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"
             )

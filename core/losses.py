@@ -24,6 +24,10 @@ class Loss:
     name = "loss"
     analytic = True
 
+    def _require(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            raise RuntimeError(f"{self.name}: backward called before forward")
+
     def forward(self, out: np.ndarray, target: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -42,6 +46,7 @@ class MSE(Loss):
         return 0.5 * (self._e * self._e).sum(axis=1)
 
     def backward(self) -> np.ndarray:
+        self._require("_e")
         return self._e
 
 
@@ -70,6 +75,7 @@ class SoftmaxCrossEntropy(Loss):
         return -(y * logp).sum(axis=1)
 
     def backward(self) -> np.ndarray:
+        self._require("_p")
         if self._y is None:
             d = self._p.copy()
             d[np.arange(d.shape[0]), self._idx] -= 1
