@@ -90,18 +90,31 @@ class Sequential:
         return x
 
     def backward(
-        self, delta: np.ndarray, record: Callable[[str, np.ndarray], None] | None = None
-    ) -> np.ndarray:
+        self,
+        delta: np.ndarray,
+        record: Callable[[str, np.ndarray], None] | None = None,
+        input_grad: bool = True,
+    ) -> np.ndarray | None:
         """Propagate per-sample output deltas; returns ∂L_x/∂input for each sample.
 
         ``record(name, d)``, when given, receives each layer's per-sample delta
         (the gradient w.r.t. that layer's output) before the layer sees it.
         The layers are unaware of it.  Parameter gradients are left summed over
-        the batch; ``gradients`` divides them.
+        the batch; ``gradients`` divides them.  With ``input_grad=False`` the first
+        layer computes only its parameter gradients and None is returned: training
+        never needs ∂L/∂input, and for a first conv layer it is the costliest part.
+
+        Every array passed to ``record`` or returned is the caller's to keep: no
+        later call writes into it.
         """
-        for layer in reversed(self.layers):
+        layers = self.layers
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
             if record is not None:
                 record(layer.name, delta)
+            if i == 0 and not input_grad:
+                layer.backward_params(delta)
+                return None
             delta = layer.backward(delta)
         return delta
 
@@ -111,14 +124,16 @@ class Sequential:
         target: np.ndarray,
         loss: Loss,
         record: Callable[[str, np.ndarray], None] | None = None,
+        input_grad: bool = True,
     ) -> float:
         """Forward, loss, backward; fills every ``layer.grads`` with ∂(mean loss)/∂θ.
 
-        Returns the batch-mean loss.
+        Returns the batch-mean loss.  ``input_grad=False`` skips ∂L/∂input (see
+        ``backward``); the returned loss and every gradient are the same either way.
         """
         out = self.forward(x)
         losses = loss.forward(out, target)
-        self.backward(loss.backward(), record)
+        self.backward(loss.backward(), record, input_grad)
         inv_m = 1.0 / x.shape[0]
         for layer in self.layers:
             for g in layer.grads.values():

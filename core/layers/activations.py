@@ -13,14 +13,22 @@ class Sigmoid(Layer):
     kind = "sigmoid"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind not in "fc":
+            x = x.astype(np.float64)
+        y = np.negative(x)  # one new array (x's dtype and memory layout), then in place
         with np.errstate(over="ignore"):  # e^{−z} → inf gives the right limit 0
-            y = 1.0 / (1.0 + np.exp(-x))
+            np.exp(y, out=y)
+        y += 1.0
+        np.reciprocal(y, out=y)
         self._x = y
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._saved()
-        return dy * y * (1.0 - y)
+        dx = 1.0 - y
+        dx *= y
+        dx *= dy
+        return dx
 
 
 class Tanh(Layer):
@@ -47,11 +55,15 @@ class ReLU(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x
         self._mask = x > 0
-        return np.where(self._mask, x, 0).astype(x.dtype, copy=False)
+        return np.maximum(x, 0, dtype=x.dtype)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        """``dy · [x > 0]``; a non-finite ``dy`` at a dead input gives NaN there (finite dy: 0).
+
+        Arithmetic rather than ``np.where``: a data-dependent branch per element is ~10× slower.
+        """
         self._saved()
-        return np.where(self._mask, dy, 0).astype(dy.dtype, copy=False)
+        return np.multiply(dy, self._mask, dtype=dy.dtype)
 
     def kink_signature(self) -> np.ndarray:
         """Which inputs are positive: a change between two points means a kink."""

@@ -34,6 +34,7 @@ class Layer:
         self.init: dict[str, Initializer] = {}
         self.input_shape: Shape | None = None
         self._x: np.ndarray | None = None
+        self._work: dict[str, tuple[tuple, np.ndarray]] = {}
 
     # ---- shapes ------------------------------------------------------------------
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -86,6 +87,35 @@ class Layer:
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        """Fill ``grads`` from ``dy`` like ``backward``, without computing ∂L/∂x.
+
+        ``Sequential`` calls this on its first layer when the input gradient is not
+        wanted (training).  Layers whose ∂L/∂x costs real work override it.
+        """
+        if self.params:
+            self.backward(dy)
+
+    def _work_array(
+        self, role: str, shape: Shape, dtype: np.dtype, zero: bool = False, tag: object = None
+    ) -> np.ndarray:
+        """A scratch array private to this layer, reused across calls with the same shape and dtype.
+
+        Reusing large temporaries (im2col columns, padded inputs) instead of allocating
+        them every step avoids returning their pages to the OS and faulting them back.
+        Only internal temporaries come from here — never an array returned to a caller —
+        and a later call may overwrite it.  One array per role is kept: a new shape or
+        dtype (or ``tag``) replaces it.  ``zero`` zero-fills a new array, for callers
+        that never write some of its entries (a padding border); ``tag`` then names
+        whatever else decides which entries those are.
+        """
+        key = (tuple(shape), np.dtype(dtype), tag)
+        entry = self._work.get(role)
+        if entry is None or entry[0] != key:
+            entry = (key, np.zeros(shape, dtype) if zero else np.empty(shape, dtype))
+            self._work[role] = entry
+        return entry[1]
 
     def _saved(self) -> np.ndarray:
         if self._x is None:

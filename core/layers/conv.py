@@ -93,34 +93,128 @@ class Conv2D(Layer):
         k = self.kernel[0] * self.kernel[1]
         return input_shape[0] * k, self.filters * k
 
+    # ---- computation ------------------------------------------------------------------
+    # Layout.  Columns are channel-major: rows (c, a, b) of the kernel, columns (n, i, j)
+    # of the output, so ``z = W (F × C·kh·kw) @ cols`` is one matmul for the whole batch
+    # and comes out as (F, N, Ho, ·) — the layout the next layer reads, returned as a
+    # transposed view (logically N, F, Ho, Wo) without copying.
+    #
+    # Stride 1 ("wide rows"): output row i, column j, kernel offset (a, b) reads the
+    # flattened (padded) image at (i + a)·Wp + j + b = i·Wp + j + s with s = a·Wp + b.
+    # Computing every output row over the full input width Wp (columns j ≥ Wo are junk)
+    # turns each offset's slice into ONE contiguous run of (Ho−1)·Wp + Wo values per
+    # image, instead of Ho short rows — numpy's cost per row dominates at these sizes.
+    # The junk columns cost (Wp/Wo − 1) extra matmul work; the result is cropped by a
+    # view, and in backward δ is zero there, so junk never reaches a gradient.
+    # Other strides copy each offset's strided slice row by row.
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         W, b = self.params["W"], self.params["b"]
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        win = windows(xp, kh, kw, sh, sw)
-        ho, wo = win.shape[2], win.shape[3]
-        # rows: (n, i, j); columns: (c, a, b) — one matmul for the whole batch
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        z = cols @ W.reshape(self.filters, -1).T
-        z = z.reshape(n, ho, wo, self.filters).transpose(0, 3, 1, 2)
-        z = z + (b[None, :, None, None] if self.bias == "tied" else b[None])
-        self._x = x
-        self._cols = cols
-        return z
+        f, ho, wo = self.output_shape((c, h, w))
+        dtype = np.result_type(x, W, b)
+        xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W); contiguous when x came from another layer
+        cols = self._im2col_rows(xc, dtype) if self.stride == (1, 1) else self._im2col_strided(xc, dtype)
+        row = cols.shape[-1] // ho  # Wp (wide rows) or Wo
+        z = np.matmul(W.reshape(f, -1), cols.reshape(-1, n * ho * row)).reshape(f, n, ho, row)
+        if self.bias == "tied":
+            z += b[:, None, None, None]
+        else:
+            z[..., :wo] += b[:, None]
+        self._x, self._cols = x, cols
+        return z[..., :wo].transpose(1, 0, 2, 3)  # logically N, F, Ho, Wo
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        dcols = self._param_grads(dy)
+        n, c, h, w = self._x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        ho, wo = dy.shape[2:]
+        dcols = dcols.reshape(c, kh, kw, n, -1)
+        # col2im: each kernel offset adds its whole-batch slice back where it was read from
+        if self.stride == (1, 1):
+            hp, wp = h + 2 * ph, w + 2 * pw
+            run = (ho - 1) * wp + wo
+            dxf = np.zeros((c, n, hp * wp), dtype=dcols.dtype)
+            for a in range(kh):
+                for bb in range(kw):
+                    s = a * wp + bb
+                    dxf[:, :, s : s + run] += dcols[:, a, bb, :, :run]
+            dxc = dxf.reshape(c, n, hp, wp)[:, :, ph : ph + h, pw : pw + w]
+        else:
+            dcols = dcols.reshape(c, kh, kw, n, ho, wo)
+            dxc = np.zeros((c, n, h, w), dtype=dcols.dtype)
+            for a in range(kh):
+                i0, i1, r0 = _span(a, sh, ph, h, ho)
+                for bb in range(kw):
+                    j0, j1, q0 = _span(bb, sw, pw, w, wo)
+                    dxc[:, :, r0 : r0 + sh * (i1 - i0) : sh, q0 : q0 + sw * (j1 - j0) : sw] += dcols[
+                        :, a, bb, :, i0:i1, j0:j1
+                    ]
+        return dxc.transpose(1, 0, 2, 3)
+
+    def backward_params(self, dy: np.ndarray) -> None:
+        self._param_grads(dy, need_dx=False)
+
+    def _param_grads(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        """Fill ``grads`` from ``dy``; return ∂L/∂cols (C·kh·kw, ·) when ``need_dx``."""
         x = self._saved()
         W = self.params["W"]
-        n, c, h, w = x.shape
+        f = self.filters
+        n, _, ho, wo = dy.shape
+        cols = self._cols
+        row = cols.shape[-1] // ho
+        dyc = dy.transpose(1, 0, 2, 3)  # (F, N, Ho, Wo); a view for our own layers' arrays
+        if row == wo:
+            dy2 = dyc.reshape(f, -1)
+        else:  # wide rows: δ is zero in the junk columns (never written after the zero fill)
+            dyw = self._work_array("dy", (f, n, ho, row), dy.dtype, zero=True)
+            dyw[..., :wo] = dyc
+            dy2 = dyw.reshape(f, -1)
+        cols2 = cols.reshape(-1, dy2.shape[1])  # (C·kh·kw, N·Ho·row)
+        self.grads["W"] = np.matmul(dy2, cols2.T).reshape(W.shape)
+        self.grads["b"] = dy2.sum(axis=1) if self.bias == "tied" else dyc.sum(axis=1)
+        if not need_dx:
+            return None
+        dcols = self._work_array("dcols", cols2.shape, np.result_type(W, dy))
+        return np.matmul(W.reshape(f, -1).T, dy2, out=dcols)
+
+    def _im2col_rows(self, xc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Stride-1 columns (C, kh, kw, N, Ho·Wp) over wide rows: one contiguous copy per offset."""
+        c, n, h, w = xc.shape
+        (kh, kw), (ph, pw) = self.kernel, self.padding
+        hp, wp = h + 2 * ph, w + 2 * pw
+        ho, wo = hp - kh + 1, wp - kw + 1
+        if ph or pw:  # the border is zeroed once and never written
+            xp = self._work_array("xpad", (c, n, hp, wp), dtype, zero=True)
+            xp[:, :, ph : ph + h, pw : pw + w] = xc
+            xc = xp
+        xf = xc.reshape(c, n, hp * wp)
+        run = (ho - 1) * wp + wo  # the last kw − 1 columns of each image are never written: zeroed once
+        cols = self._work_array("cols", (c, kh, kw, n, ho * wp), dtype, zero=True, tag=(h, w))
+        for a in range(kh):  # loop over kernel offsets only; each step copies a whole-batch slice
+            for b in range(kw):
+                s = a * wp + b
+                cols[:, a, b, :, :run] = xf[:, :, s : s + run]
+        return cols
+
+    def _im2col_strided(self, xc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Columns (C, kh, kw, N, Ho·Wo) at any stride; entries on the zero padding are never written."""
+        c, n, h, w = xc.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        f, ho, wo = dy.shape[1:]
-        dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, f)
-        self.grads["W"] = (dy2.T @ self._cols).reshape(W.shape)
-        self.grads["b"] = dy.sum(axis=(0, 2, 3)) if self.bias == "tied" else dy.sum(axis=0)
-        dcols = (dy2 @ W.reshape(f, -1)).reshape(n, ho, wo, c, kh, kw)
-        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.result_type(dy, W))
-        for a in range(kh):  # loop over kernel offsets only; each step is a whole-batch slice add
-            for bb in range(kw):
-                dxp[:, :, a : a + sh * ho : sh, bb : bb + sw * wo : sw] += dcols[..., a, bb].transpose(0, 3, 1, 2)
-        return dxp[:, :, ph : ph + h, pw : pw + w]
+        ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+        cols = self._work_array("cols", (c, kh, kw, n, ho, wo), dtype, zero=bool(ph or pw), tag=(h, w))
+        for a in range(kh):
+            i0, i1, r0 = _span(a, sh, ph, h, ho)
+            for b in range(kw):
+                j0, j1, q0 = _span(b, sw, pw, w, wo)
+                cols[:, a, b, :, i0:i1, j0:j1] = xc[:, :, r0 : r0 + sh * (i1 - i0) : sh, q0 : q0 + sw * (j1 - j0) : sw]
+        return cols.reshape(c, kh, kw, n, ho * wo)
+
+
+def _span(offset: int, stride: int, pad: int, size_in: int, size_out: int) -> tuple[int, int, int]:
+    """For one kernel offset along one axis: the output range ``i0:i1`` whose input index
+    ``i·stride + offset − pad`` falls inside the unpadded input, and that index for ``i0``."""
+    first = offset - pad
+    i0 = max(0, -(first // stride))
+    i1 = max(i0, min(size_out, (size_in - 1 - first) // stride + 1))
+    return i0, i1, i0 * stride + first

@@ -46,6 +46,28 @@ class _WindowPool(Layer):
     def _windows(self, x: np.ndarray) -> np.ndarray:
         return windows(x, *self.size, *self.stride)
 
+    def _offsets(self, xc: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """``(a, b, view)`` for every window offset in row-major order, where ``view[c, n, i, j]``
+        is element (a, b) of window (i, j): a strided (C, N, Ho, Wo) view of the channel-major
+        input ``xc`` (C, N, H, W).  Pooling is then a few whole-array operations per offset."""
+        (kh, kw), (sh, sw) = self.size, self.stride
+        h, w = xc.shape[2:]
+        ho, wo = pool_output_size(h, kh, sh), pool_output_size(w, kw, sw)
+        return [
+            (a, b, xc[:, :, a : a + sh * ho : sh, b : b + sw * wo : sw]) for a in range(kh) for b in range(kw)
+        ]
+
+    def _dx_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
+        """A new channel-major ∂L/∂X and whether the offsets write it disjointly (else they add).
+
+        Zeroed unless the windows tile the input exactly, so that every entry gets written.
+        """
+        (kh, kw), (sh, sw) = self.size, self.stride
+        c, n, h, w = shape
+        disjoint = sh >= kh and sw >= kw
+        exact = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
+        return (np.empty if exact else np.zeros)(shape, dtype), disjoint
+
     def _scatter(self, x_shape: tuple[int, ...], parts) -> np.ndarray:
         """Sum per-offset contributions ``parts(a, b) -> (N, C, Ho, Wo)`` into ∂L/∂X.
 
@@ -77,7 +99,10 @@ class MaxPool(_WindowPool):
     """y = max over each window; ∂y/∂x_i = 1 at the arg-max, 0 elsewhere (seeds 002, 004).
 
     Ties: the first maximum in row-major order within the window receives the
-    gradient.  Overlapping windows that share an arg-max add their gradients.
+    gradient (the offsets are scanned in that order and only a strictly greater
+    value moves the arg-max).  Overlapping windows that share an arg-max add their
+    gradients.  Backward multiplies δ by the 0/1 mask, so a non-finite δ of a window
+    also reaches its other inputs as NaN (a finite δ never does).
     """
 
     kind = "pool"
@@ -85,22 +110,42 @@ class MaxPool(_WindowPool):
     analytic = False
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        win = self._windows(x)
-        n, c, ho, wo, kh, kw = win.shape
-        flat = win.reshape(n, c, ho, wo, kh * kw)
-        self._arg = flat.argmax(axis=-1)
-        self._x = x
-        return np.take_along_axis(flat, self._arg[..., None], axis=-1)[..., 0]
+        offsets = self._offsets(x.transpose(1, 0, 2, 3))
+        y = offsets[0][2].copy()  # (C, N, Ho, Wo): running maximum
+        k = len(offsets)
+        arg = self._work_array("arg", y.shape, np.uint8 if k <= 256 else np.intp)
+        arg.fill(0)
+        if k > 1:
+            gt = self._work_array("gt", y.shape, np.bool_)
+            step = self._work_array("step", y.shape, arg.dtype)
+            for o in range(1, k):
+                v = offsets[o][2]
+                np.greater(v, y, out=gt)
+                np.maximum(y, v, out=y)
+                # offsets come in increasing order, so the last strictly greater one is the largest
+                np.multiply(gt, arg.dtype.type(o), out=step)
+                np.maximum(arg, step, out=arg)
+        self._x, self._arg = x, arg
+        return y.transpose(1, 0, 2, 3)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x = self._saved()
-        kw = self.size[1]
         arg = self._arg
-        return self._scatter(x.shape, lambda a, b: np.where(arg == a * kw + b, dy, 0))
+        dyc = dy.transpose(1, 0, 2, 3)
+        dxc, disjoint = self._dx_buffer(x.transpose(1, 0, 2, 3).shape, dy.dtype)
+        hit = self._work_array("hit", arg.shape, np.bool_)
+        for o, (_, _, view) in enumerate(self._offsets(dxc)):
+            np.equal(arg, o, out=hit)
+            if disjoint:
+                np.multiply(hit, dyc, out=view)
+            else:
+                view += hit * dyc
+        return dxc.transpose(1, 0, 2, 3)
 
     def kink_signature(self) -> np.ndarray:
-        """The arg-max of every window: a change between two points means a kink."""
-        return self._arg
+        """The arg-max of every window (``a·kw + b``): a change between two points means a kink."""
+        self._saved()
+        return self._arg.transpose(1, 0, 2, 3).astype(np.intp)
 
 
 class MeanPool(_WindowPool):
@@ -110,25 +155,27 @@ class MeanPool(_WindowPool):
     mode = "mean"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind in "biu":
+            x = x.astype(np.float64)
+        offsets = self._offsets(x.transpose(1, 0, 2, 3))
+        y = offsets[0][2].copy()  # (C, N, Ho, Wo)
+        for _, _, v in offsets[1:]:
+            y += v
+        y *= 1.0 / len(offsets)
         self._x = x
-        tiles = self._tiles(x)
-        if tiles is not None:
-            return tiles.mean(axis=(3, 5))
-        return self._windows(x).mean(axis=(4, 5))
+        return y.transpose(1, 0, 2, 3)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x = self._saved()
         (kh, kw) = self.size
-        g = dy / (kh * kw)
-        tiles = self._tiles(x)
-        if tiles is not None:
-            n, c, ho, _, wo, _ = tiles.shape
-            dx = np.zeros(x.shape, dtype=g.dtype)
-            dx[:, :, : ho * kh, : wo * kw] = np.broadcast_to(
-                g[:, :, :, None, :, None], tiles.shape
-            ).reshape(n, c, ho * kh, wo * kw)
-            return dx
-        return self._scatter(x.shape, lambda a, b: g)
+        g = dy.transpose(1, 0, 2, 3) * (1.0 / (kh * kw))
+        dxc, disjoint = self._dx_buffer(x.transpose(1, 0, 2, 3).shape, g.dtype)
+        for _, _, view in self._offsets(dxc):
+            if disjoint:
+                view[...] = g
+            else:
+                view += g
+        return dxc.transpose(1, 0, 2, 3)
 
 
 class LpPool(_WindowPool):
@@ -236,23 +283,31 @@ class Subsample(Layer):
         return self.scale**2, 1
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        n, c, h, w = x.shape
+        xc = x.transpose(1, 0, 2, 3)  # channel-major (C, N, H, W)
         k = self.scale
-        ho, wo = h // k, w // k
-        down = x[:, :, : ho * k, : wo * k].reshape(n, c, ho, k, wo, k).sum(axis=(3, 5))
+        ho, wo = xc.shape[2] // k, xc.shape[3] // k
+        down = xc[:, :, : ho * k : k, : wo * k : k].copy()  # Σ over each k×k block, one offset at a time
+        for a in range(k):
+            for b in range(k):
+                if a or b:
+                    down += xc[:, :, a : ho * k : k, b : wo * k : k]
+        beta, bias = self.params["beta"], self.params["b"]
+        z = down * beta[:, None, None, None]
+        z += bias[:, None, None, None]
         self._x, self._down = x, down
-        return self.params["beta"][None, :, None, None] * down + self.params["b"][None, :, None, None]
+        return z.transpose(1, 0, 2, 3)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x, down = self._saved(), self._down
-        n, c, h, w = x.shape
+        dyc = dy.transpose(1, 0, 2, 3)
         k = self.scale
-        ho, wo = down.shape[2:]
-        self.grads["beta"] = (dy * down).sum(axis=(0, 2, 3))
-        self.grads["b"] = dy.sum(axis=(0, 2, 3))
-        g = dy * self.params["beta"][None, :, None, None]
-        dx = np.zeros(x.shape, dtype=g.dtype)
-        dx[:, :, : ho * k, : wo * k] = np.broadcast_to(
-            g[:, :, :, None, :, None], (n, c, ho, k, wo, k)
-        ).reshape(n, c, ho * k, wo * k)
-        return dx
+        c, n, ho, wo = down.shape
+        self.grads["beta"] = (dyc * down).sum(axis=(1, 2, 3))
+        self.grads["b"] = dyc.sum(axis=(1, 2, 3))
+        g = dyc * self.params["beta"][:, None, None, None]
+        h, w = x.shape[2:]
+        dxc = (np.empty if (h % k, w % k) == (0, 0) else np.zeros)((c, n, h, w), dtype=g.dtype)
+        for a in range(k):
+            for b in range(k):
+                dxc[:, :, a : ho * k : k, b : wo * k : k] = g
+        return dxc.transpose(1, 0, 2, 3)

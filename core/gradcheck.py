@@ -1,0 +1,698 @@
+"""Finite-difference gradient checking of every parameter, per-sample delta and input gradient.
+
+What is checked, for a network ``net``, a loss and a batch ``(x, y)`` of m samples:
+
+* every parameter tensor θ of every (selected) layer: the analytic ∂L̄/∂θ of the batch-mean
+  loss ``L̄ = (1/m) Σ_x L_x`` (``Sequential.gradients``) against finite differences of L̄;
+* every layer's per-sample delta ``δ_x = ∂L_x/∂out`` (what ``Sequential.backward`` records):
+  the layer's output for sample x is perturbed inside the forward pass and sample x's own
+  loss is differenced;
+* the per-sample input gradient ``∂L_x/∂x`` (row ``layer="input", tensor="input"``).
+
+Numerical methods (``h`` is relative: ``h = eps·max(1, |v|)`` for an element of value v):
+
+* ``central``:    ``(L(v+h) − L(v−h)) / 2h``, eps = ε^{1/3} ≈ 6.1e-6 (ε = float64 epsilon);
+* ``richardson``: ``(4·D(h/2) − D(h)) / 3`` with D the central difference, eps = ε^{1/5} ≈ 7.4e-4
+  (the step that balances its O(h⁴) truncation against rounding);
+* ``complex``:    ``Im L(v + ih) / h`` with h = 1e-20, the forward run in complex128 — exact to
+  rounding, no cancellation; only when every layer and the loss are analytic (holomorphic);
+* ``auto``:       ``complex`` when the whole network and loss are analytic, else ``central``.
+
+The step actually taken is the difference of the perturbed values as stored, so the
+denominator is exact.
+
+Kinks.  A non-differentiable layer (``analytic = False``: ReLU, max and Lp pooling) exposes
+``kink_signature()``, the discrete state of its last forward (relu mask, arg-max, zero windows
+and signs).  For every perturbed evaluation the signatures of the non-analytic layers the
+perturbation reaches are compared with those at the unperturbed point; an element whose
+mismatch exceeds ``rtol`` *and* whose perturbation changed a signature is a KINK, not a FAIL.
+The decision never looks at the size of the error.
+
+Speed.  Perturbing a parameter of layer l, or the output of layer l, changes only layers l
+(resp. l+1) onwards: the activations entering that layer are cached and only the suffix is
+re-run.  Many perturbations are evaluated at once by stacking perturbed copies along the batch
+axis (a copy is one sample for deltas and input gradients, the whole batch for a parameter,
+whose own layer's forward is called once per perturbation with the other copies batched
+downstream); the loss's per-sample values give every perturbed loss of a chunk in one run.
+Chunks are sized to keep roughly ``CHUNK_BYTES`` of activations alive.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from core.errors import ShapeError
+from core.layers.activations import Identity, ReLU, Sigmoid, Tanh
+from core.layers.base import Layer
+from core.layers.conv import Conv2D
+from core.layers.pooling import MaxPool, MeanPool, Subsample
+from core.losses import Loss
+from core.network import Sequential
+
+#: Methods accepted by :func:`gradcheck`.
+METHODS = ("central", "richardson", "complex", "auto")
+
+_EPS64 = float(np.finfo(np.float64).eps)
+#: Default relative step of each method (``h = eps·max(1, |v|)``; complex uses h = eps itself).
+DEFAULT_EPS: dict[str, float] = {
+    "central": _EPS64 ** (1.0 / 3.0),
+    "richardson": _EPS64 ** (1.0 / 5.0),
+    "complex": 1e-20,
+}
+#: Default absolute floor of the relative error, per method.  Below the floor an element is
+#: compared absolutely: ``|a − n| / floor``.  It sits where each method's rounding noise, about
+#: ε^{2/3} ≈ 4e-11 (central), ε^{4/5} ≈ 3e-13 (richardson) and ε (complex) times the loss
+#: scale, would otherwise exceed ``rtol`` = 1e-6 for gradients that are merely small.
+DEFAULT_ATOL_FLOOR: dict[str, float] = {"central": 1e-4, "richardson": 1e-6, "complex": 1e-9}
+#: Networks with at most this many parameters are checked element by element by default.
+CHECK_ALL_MAX_PARAMS = 20_000
+#: Elements per tensor in sampling mode when ``per_tensor`` is not given.
+DEFAULT_PER_TENSOR = 64
+#: Rough bound on the activation memory of one chunk of stacked perturbed copies.
+CHUNK_BYTES = 16 * 2**20
+
+PASS, FAIL, KINK = "PASS", "FAIL", "KINK"
+
+
+@dataclass
+class TensorCheck:
+    """One row of the report: one parameter, delta or input-gradient tensor.
+
+    ``worst_index`` is the element with the largest relative error among those that decide
+    the status (the genuine mismatches when FAIL, the kink mismatches when KINK); delta and
+    input indices include the sample axis.  ``analytic`` / ``numeric`` are the values there.
+    ``n_fail`` counts elements over ``rtol`` with no kink, ``n_kink`` those over ``rtol`` whose
+    perturbation crossed a kink.
+    """
+
+    layer: str
+    tensor: str
+    shape: tuple[int, ...]
+    checked: int
+    total: int
+    max_rel_error: float
+    worst_index: tuple[int, ...]
+    analytic: float
+    numeric: float
+    status: str
+    n_fail: int
+    n_kink: int
+
+
+@dataclass
+class GradcheckResult:
+    """Every row of a gradient check, with the settings it ran with.
+
+    ``method`` is the method actually used (``auto`` resolved); ``cast_from`` names the
+    parameter dtype when the network was copied to float64 for the check.
+    """
+
+    rows: list[TensorCheck]
+    method: str
+    eps: float
+    samples: int
+    seconds: float
+    rtol: float
+    cast_from: str | None
+    atol_floor: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def passed(self, strict: bool = False) -> bool:
+        """True when no row FAILs (and, if ``strict``, none is a KINK either)."""
+        bad = {FAIL, KINK} if strict else {FAIL}
+        return not any(r.status in bad for r in self.rows)
+
+    def row(self, layer: str, tensor: str) -> TensorCheck:
+        """The row of ``layer``'s ``tensor``; KeyError when it was not checked."""
+        for r in self.rows:
+            if r.layer == layer and r.tensor == tensor:
+                return r
+        raise KeyError(f"no row for {layer}.{tensor}")
+
+
+def non_analytic_layers(net: Sequential, loss: Loss) -> list[str]:
+    """Names of the layers (and the loss) that are not holomorphic, in forward order."""
+    names = [layer.name for layer in net.layers if not getattr(layer, "analytic", True)]
+    if not getattr(loss, "analytic", True):
+        names.append(getattr(loss, "name", type(loss).__name__))
+    return names
+
+
+# ---- the suffix evaluator -----------------------------------------------------------------
+_Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+#: Layers that act element by element (a perturbation stays where it is).
+_ELEMENTWISE = (Sigmoid, Tanh, ReLU, Identity)
+
+
+class _NotLocal(Exception):
+    """A chunk cannot take the local path (a kink signature that is not laid out like the output)."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Geometry of one layer on the local path: where a dirty box of the input goes in the output.
+
+    For a windowed layer (kernel k, stride s, padding p) a dirty input box of ``ib`` rows can
+    change at most ``ob = ⌊(ib + k − 2) / s⌋ + 1`` output rows; those are computed by running
+    the layer itself on a crop of ``crop`` rows of the reference input (padded by ``q0·s``
+    above, ``q0 = ⌈p / s⌉``, so the layer's own zero padding of the crop never reaches a
+    window that is used) and keeping outputs ``q0 … q0 + ob − 1``.
+    """
+
+    j: int
+    window: bool
+    k: tuple[int, int] = (1, 1)
+    s: tuple[int, int] = (1, 1)
+    p: tuple[int, int] = (0, 0)
+    q0: tuple[int, int] = (0, 0)
+    ob: tuple[int, int] = (1, 1)
+    crop: tuple[int, int] = (1, 1)
+
+
+def _window_geometry(layer: Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(kernel, stride, padding) of a translation-equivariant windowed layer, else None."""
+    kind = type(layer)
+    if kind is Conv2D and layer.bias == "tied":  # an untied bias depends on the position
+        return layer.kernel, layer.stride, layer.padding
+    if kind in (MaxPool, MeanPool):  # Lp pooling's kink signature is not laid out per position
+        return layer.size, layer.stride, (0, 0)
+    if kind is Subsample:
+        return (layer.scale, layer.scale), (layer.scale, layer.scale), (0, 0)
+    return None
+
+
+@dataclass(frozen=True)
+class _LocalPlan:
+    """The layers through which single-element perturbations of ``acts[start]`` are propagated locally."""
+
+    start: int
+    steps: tuple[_Step, ...]
+    stop: int  # the first layer run on whole (materialised) maps
+
+
+def _ceil_div(a: np.ndarray | int, b: int) -> np.ndarray | int:
+    return -((-a) // b)
+
+
+def _box_view(a: np.ndarray, n: np.ndarray, y0: np.ndarray, x0: np.ndarray, bh: int, bw: int) -> np.ndarray:
+    """``a[n_i, :, y0_i : y0_i + bh, x0_i : x0_i + bw]`` for every i, stacked: (B, C, bh, bw)."""
+    return sliding_window_view(a, (bh, bw), axis=(2, 3))[n, :, y0, x0]
+
+
+def _paste(target: np.ndarray, box: np.ndarray, ty: np.ndarray, tx: np.ndarray) -> None:
+    """Write ``box[i]`` into ``target[i]`` at offset (ty_i, tx_i), dropping what falls outside."""
+    b, _, bh, bw = box.shape
+    ys = ty[:, None] + np.arange(bh)
+    xs = tx[:, None] + np.arange(bw)
+    h, w = target.shape[2:]
+    if ys.min() >= 0 and ys.max() < h and xs.min() >= 0 and xs.max() < w:
+        target[np.arange(b)[:, None, None], :, ys[:, :, None], xs[:, None, :]] = box.transpose(0, 2, 3, 1)
+        return
+    ok = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    i, r, c = np.nonzero(ok)
+    target[i, :, ys[i, r], xs[i, c]] = box[i, :, r, c]
+
+
+class _Checker:
+    """Cached unperturbed activations and signatures, and batched evaluation of perturbed suffixes."""
+
+    def __init__(self, net: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray, local: bool = True) -> None:
+        self.net, self.loss, self.x, self.y = net, loss, x, y
+        self.layers: list[Layer] = net.layers
+        self.m = x.shape[0]
+        self.local = local
+        self.kinky = [not getattr(l, "analytic", True) and hasattr(l, "kink_signature") for l in self.layers]
+        # unperturbed forward: acts[j] enters layer j, acts[-1] is the network output
+        self.acts: list[np.ndarray] = [x]
+        self.ref_sigs: list[np.ndarray | None] = []
+        a = x
+        for layer, kinky in zip(self.layers, self.kinky, strict=True):
+            a = layer.forward(a)
+            self.acts.append(a)
+            self.ref_sigs.append(np.array(layer.kink_signature(), copy=True) if kinky else None)
+        self._sample_refs: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._plans: dict[int, _LocalPlan] = {}
+        self._padded: dict[int, np.ndarray] = {}
+
+    # ---- running ------------------------------------------------------------------------
+    def run(self, start: int, a: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        """Run layers[start:] on ``a``; the output and the signatures of the kinky layers."""
+        sigs = []
+        for j in range(start, len(self.layers)):
+            a = self.layers[j].forward(a)
+            if self.kinky[j]:
+                sigs.append((j, np.asarray(self.layers[j].kink_signature())))
+        return a, sigs
+
+    def copy_bytes(self, start: int, rows: int, itemsize: int) -> int:
+        """Rough bytes of activations (and im2col buffers) one copy of ``rows`` samples needs."""
+        per = self.acts[start][0].size
+        for j in range(start, len(self.layers)):
+            cin, cout = self.acts[j], self.acts[j + 1]
+            per += 2 * (cin[0].size + cout[0].size)
+            kernel = getattr(self.layers[j], "kernel", None)
+            if kernel is not None and cin.ndim == 4 and cout.ndim == 4:
+                per += cin.shape[1] * int(np.prod(kernel)) * cout.shape[2] * cout.shape[3]
+        return per * rows * itemsize
+
+    # ---- local propagation of single-element perturbations -------------------------------------
+    def plan(self, start: int) -> _LocalPlan:
+        """Which layers after ``start`` can be run on a box around the perturbed element."""
+        if start in self._plans:
+            return self._plans[start]
+        steps: list[_Step] = []
+        j = start
+        ib = (1, 1)
+        while self.local and j < len(self.layers) and self.acts[j].ndim == 4 and self.acts[j + 1].ndim == 4:
+            layer = self.layers[j]
+            if type(layer) in _ELEMENTWISE:
+                steps.append(_Step(j, window=False, ob=ib))
+            else:
+                geo = _window_geometry(layer)
+                if geo is None:
+                    break
+                k, s, p = geo
+                out_hw = self.acts[j + 1].shape[2:]
+                q0 = tuple(_ceil_div(p[d], s[d]) for d in (0, 1))
+                ob = tuple(min(out_hw[d], (ib[d] + k[d] - 2) // s[d] + 1) for d in (0, 1))
+                crop = tuple((q0[d] + ob[d] - 1) * s[d] - p[d] + k[d] for d in (0, 1))
+                steps.append(_Step(j, True, k, s, p, q0, ob, crop))  # type: ignore[arg-type]
+            ib = steps[-1].ob
+            j += 1
+        plan = _LocalPlan(start, tuple(steps), j)
+        self._plans[start] = plan
+        return plan
+
+    def plan_bytes(self, plan: _LocalPlan, itemsize: int) -> int:
+        """Rough bytes one single-sample copy needs on the local path and after it."""
+        per = 0
+        for st in plan.steps:
+            c_in, c_out = self.acts[st.j].shape[1], self.acts[st.j + 1].shape[1]
+            per += 2 * (c_in * st.crop[0] * st.crop[1] + c_out * st.ob[0] * st.ob[1])
+            if st.window:
+                per += c_in * st.k[0] * st.k[1] * st.crop[0] * st.crop[1]
+        return per * itemsize + self.copy_bytes(plan.stop, 1, itemsize)
+
+    def _padded_ref(self, st: _Step) -> np.ndarray:
+        if st.j not in self._padded:
+            (q0h, q0w), (sh, sw), (ph, pw) = st.q0, st.s, st.p
+            self._padded[st.j] = np.pad(self.acts[st.j], ((0, 0), (0, 0), (q0h * sh, ph), (q0w * sw, pw)))
+        return self._padded[st.j]
+
+    def _box_kinks(
+        self, j: int, sig: np.ndarray, n: np.ndarray, y0: np.ndarray, x0: np.ndarray
+    ) -> np.ndarray:
+        """Per copy: does the signature of a box differ from the reference at the same place?"""
+        ref = self.ref_sigs[j]
+        if ref is None or ref.shape != self.acts[j + 1].shape or sig.ndim != 4:
+            raise _NotLocal
+        return np.any((sig != _box_view(ref, n, y0, x0, *sig.shape[2:])).reshape(sig.shape[0], -1), axis=1)
+
+    def propagate_local(
+        self, plan: _LocalPlan, n: np.ndarray, e: np.ndarray, values: np.ndarray, dtype: type
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the local steps of ``plan``: the full input of ``layers[plan.stop]`` and kink flags.
+
+        Copy i is sample ``n_i`` of ``acts[plan.start]`` with flat element ``e_i`` set to
+        ``values_i``.  Only a box of each map around it is recomputed, by the layers' own
+        forward on crops; everything outside the box is the reference activation.
+        """
+        base = self.acts[plan.start]
+        b = n.shape[0]
+        _, _, h, w = base.shape
+        c, rest = np.divmod(e, h * w)
+        y0, x0 = np.divmod(rest, w)
+        box = base[n, :, y0, x0].astype(dtype)  # (B, C)
+        box[np.arange(b), c] = values
+        box = box[:, :, None, None]
+        kinks = np.zeros(b, dtype=bool)
+        for st in plan.steps:
+            layer = self.layers[st.j]
+            if not st.window:
+                box = layer.forward(box)
+                if self.kinky[st.j]:
+                    kinks |= self._box_kinks(st.j, np.asarray(layer.kink_signature()), n, y0, x0)
+                continue
+            (kh, kw), (sh, sw), (ph, pw), (q0h, q0w), (obh, obw) = st.k, st.s, st.p, st.q0, st.ob
+            ho, wo = self.acts[st.j + 1].shape[2:]
+            oy = np.clip(_ceil_div(y0 + ph - kh + 1, sh), 0, ho - obh)
+            ox = np.clip(_ceil_div(x0 + pw - kw + 1, sw), 0, wo - obw)
+            crops = _box_view(self._padded_ref(st), n, oy * sh, ox * sw, *st.crop).astype(dtype)
+            _paste(crops, box, y0 + (q0h - oy) * sh, x0 + (q0w - ox) * sw)
+            out = layer.forward(crops)
+            box = out[:, :, q0h : q0h + obh, q0w : q0w + obw]
+            if self.kinky[st.j]:
+                sig = np.asarray(layer.kink_signature())
+                if sig.shape != out.shape:
+                    raise _NotLocal
+                kinks |= self._box_kinks(st.j, sig[:, :, q0h : q0h + obh, q0w : q0w + obw], n, oy, ox)
+            y0, x0 = oy, ox
+        full = self.acts[plan.stop][n].astype(dtype)
+        _paste(full, box, y0, x0)
+        return full, kinks
+
+    # ---- kink comparison --------------------------------------------------------------------
+    @staticmethod
+    def _changed(sig: np.ndarray, ref: np.ndarray | None) -> bool:
+        return ref is None or sig.shape != ref.shape or bool(np.any(sig != ref))
+
+    def _sample_ref(self, start: int, n: int) -> list[np.ndarray]:
+        """Signatures of layers[start:] for the unperturbed sample n alone (unsplittable case)."""
+        key = (start, n)
+        if key not in self._sample_refs:
+            _, sigs = self.run(start, self.acts[start][n : n + 1])
+            self._sample_refs[key] = [np.array(s, copy=True) for _, s in sigs]
+        return self._sample_refs[key]
+
+    # ---- evaluators -----------------------------------------------------------------------
+    def activation_evaluator(self, start: int) -> _Evaluate:
+        """Per-copy losses L_n(a + perturbation) for perturbations of acts[start] (one sample each).
+
+        The evaluator takes flat indices into acts[start] (sample axis included) and the new
+        values, and returns each copy's own-sample loss and whether it crossed a kink.
+        """
+        base = self.acts[start]
+        m = base.shape[0]
+        flat_base = base.reshape(m, -1)
+        size = flat_base.shape[1]
+        plan = self.plan(start)
+
+        def evaluate(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            b = idx.shape[0]
+            n, e = np.divmod(idx, size)
+            dtype = np.complex128 if np.iscomplexobj(values) else np.float64
+            stack, j, kinks = None, start, np.zeros(b, dtype=bool)
+            if plan.steps and b > 1:
+                try:
+                    stack, kinks = self.propagate_local(plan, n, e, values, dtype)
+                    j = plan.stop
+                except _NotLocal:
+                    stack, j, kinks = None, start, np.zeros(b, dtype=bool)
+            if stack is None:
+                stack = flat_base[n].astype(dtype)
+                stack[np.arange(b), e] = values
+                stack = stack.reshape(b, *base.shape[1:])
+            out, sigs = self.run(j, stack)
+            losses = self.loss.forward(out, self.y[n])
+            for jj, sig in sigs:
+                ref = self.ref_sigs[jj]
+                if b > 1 and _splittable(sig, b) and ref is not None and _splittable(ref, m):
+                    kinks |= np.any(sig.reshape(b, -1) != ref[n].reshape(b, -1), axis=1)
+                elif b > 1:
+                    return _one_by_one(evaluate, idx, values)
+                else:
+                    k = [i for i, _ in sigs].index(jj)
+                    kinks[0] |= self._changed(sig, self._sample_ref(start, int(n[0]))[k])
+            return losses, kinks
+
+        return evaluate
+
+    def param_evaluator(self, l: int, key: str) -> _Evaluate:
+        """Batch-mean losses with single elements of ``layers[l].params[key]`` set to new values."""
+        layer = self.layers[l]
+        a_in = self.acts[l]
+        m = self.m
+
+        def evaluate(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            b = idx.shape[0]
+            original = layer.params[key]
+            dtype = np.complex128 if np.iscomplexobj(values) else original.dtype
+            work = original.astype(dtype, copy=True)
+            flat = work.reshape(-1)
+            outs = []
+            kinks = np.zeros(b, dtype=bool)
+            layer.params[key] = work
+            try:
+                for i in range(b):
+                    old = flat[idx[i]]
+                    flat[idx[i]] = values[i]
+                    outs.append(layer.forward(a_in))
+                    if self.kinky[l]:
+                        kinks[i] |= self._changed(np.asarray(layer.kink_signature()), self.ref_sigs[l])
+                    flat[idx[i]] = old
+            finally:
+                layer.params[key] = original
+            out, sigs = self.run(l + 1, np.concatenate(outs) if b > 1 else outs[0])
+            losses = self.loss.forward(out, self.y[np.tile(np.arange(m), b)]).reshape(b, m).mean(axis=1)
+            for j, sig in sigs:
+                ref = self.ref_sigs[j]
+                if b == 1:
+                    kinks[0] |= self._changed(sig, ref)
+                elif _splittable(sig, b * m) and ref is not None:
+                    kinks |= np.any(sig.reshape(b, -1) != ref.reshape(1, -1), axis=1)
+                else:
+                    return _one_by_one(evaluate, idx, values)
+            return losses, kinks
+
+        return evaluate
+
+
+def _splittable(sig: np.ndarray, rows: int) -> bool:
+    """Whether a signature has the batch as its leading axis (so copies can be told apart)."""
+    return sig.ndim >= 2 and sig.shape[0] == rows
+
+
+def _one_by_one(evaluate: _Evaluate, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fallback for signatures that do not keep the batch axis: one copy per run."""
+    parts = [evaluate(idx[i : i + 1], values[i : i + 1]) for i in range(idx.shape[0])]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# ---- finite differences ---------------------------------------------------------------------
+def _differentiate(
+    evaluate: _Evaluate, idx: np.ndarray, v: np.ndarray, method: str, eps: float, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numerical derivatives at the elements ``idx`` (current values ``v``) and their kink flags."""
+    n = idx.shape[0]
+    if method == "complex":
+        values = (v + 1j * eps)[:, None]
+    else:
+        h = eps * np.maximum(1.0, np.abs(v))
+        cols = [v + h, v - h]
+        if method == "richardson":
+            cols += [v + h / 2, v - h / 2]
+        values = np.stack(cols, axis=1)
+    c = values.shape[1]
+    flat_idx = np.repeat(idx, c)
+    flat_vals = values.reshape(-1)
+    losses = np.empty(n * c, dtype=np.complex128 if method == "complex" else np.float64)
+    kinks = np.zeros(n * c, dtype=bool)
+    step = max(1, chunk)
+    for s in range(0, n * c, step):
+        lo, kk = evaluate(flat_idx[s : s + step], flat_vals[s : s + step])
+        losses[s : s + step] = lo
+        kinks[s : s + step] = kk
+    L = losses.reshape(n, c)
+    kink = kinks.reshape(n, c).any(axis=1)
+    if method == "complex":
+        return L[:, 0].imag / eps, kink
+    d1 = (L[:, 0] - L[:, 1]) / (values[:, 0] - values[:, 1])
+    if method == "central":
+        return d1, kink
+    d2 = (L[:, 2] - L[:, 3]) / (values[:, 2] - values[:, 3])
+    return (4.0 * d2 - d1) / 3.0, kink
+
+
+def relative_error(a: np.ndarray, n: np.ndarray, floor: float) -> np.ndarray:
+    """``|a − n| / max(|a|, |n|, floor)``; 0 where both are 0 and the floor is 0; NaN → inf."""
+    diff = np.abs(a - n)
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
+    err = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
+    return np.where(np.isnan(err), np.inf, err)
+
+
+def _select(analytic: np.ndarray, k: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices to check: all of them, or k including the largest |analytic| element."""
+    total = analytic.size
+    if k is None or k >= total:
+        return np.arange(total)
+    top = int(np.argmax(np.abs(analytic).reshape(-1)))
+    rest = rng.choice(total - 1, size=k - 1, replace=False)
+    rest = rest + (rest >= top)  # skip over ``top``
+    return np.sort(np.concatenate([[top], rest])).astype(np.intp)
+
+
+def _row(
+    layer: str,
+    tensor: str,
+    analytic: np.ndarray,
+    idx: np.ndarray,
+    numeric: np.ndarray,
+    kink: np.ndarray,
+    rtol: float,
+    floor: float,
+) -> TensorCheck:
+    a = analytic.reshape(-1)[idx].real.astype(np.float64)
+    err = relative_error(a, numeric, floor)
+    over = err > rtol
+    fail, kmis = over & ~kink, over & kink
+    status = FAIL if fail.any() else KINK if kmis.any() else PASS
+    pool = kmis if status == KINK else ~kmis
+    w = int(np.argmax(np.where(pool, err, -1.0)))
+    return TensorCheck(
+        layer=layer,
+        tensor=tensor,
+        shape=tuple(int(s) for s in analytic.shape),
+        checked=int(idx.shape[0]),
+        total=int(analytic.size),
+        max_rel_error=float(err[w]),
+        worst_index=tuple(int(i) for i in np.unravel_index(int(idx[w]), analytic.shape)),
+        analytic=float(a[w]),
+        numeric=float(numeric[w]),
+        status=status,
+        n_fail=int(fail.sum()),
+        n_kink=int(kmis.sum()),
+    )
+
+
+# ---- the entry point ---------------------------------------------------------------------------
+def gradcheck(
+    net: Sequential,
+    loss: Loss,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: str = "central",
+    eps: float | None = None,
+    rtol: float = 1e-6,
+    layers: Sequence[str] | None = None,
+    per_tensor: int | None = None,
+    check_all: bool | None = None,
+    rng: np.random.Generator | None = None,
+    atol_floor: float | None = None,
+    _local: bool = True,
+) -> GradcheckResult:
+    """Check every parameter gradient, per-sample delta and input gradient by finite differences.
+
+    Args:
+        net: the network; float32 parameters are checked on a float64 deep copy
+            (``cast_from`` records it).  Parameters are restored bit for bit afterwards; layer
+            caches and ``grads`` are left as after ``net.gradients(x, y, loss)``.
+        loss: the loss whose batch mean (parameters) or per-sample value (deltas, input) is differenced.
+        x, y: the batch (cast to float64) and its targets.
+        method: ``central``, ``richardson``, ``complex`` or ``auto`` (see the module docstring).
+            ``complex`` raises ValueError naming the non-analytic layers if there are any.
+        eps: relative step (``h = eps·max(1, |v|)``); the complex step h itself.  Defaults:
+            ε^{1/3} (central), ε^{1/5} (richardson), 1e-20 (complex).
+        rtol: an element FAILs (or is a KINK mismatch) when its relative error exceeds this.
+        layers: only these layers' parameters and deltas (``"input"`` selects the input row);
+            None checks everything.  Unknown names raise ValueError.
+        per_tensor: in sampling mode, the number of elements per tensor (default 64), chosen with
+            ``rng`` and always including the largest-|analytic| element.
+        check_all: True checks every element, False samples; None samples only when
+            ``per_tensor`` is given or the network has more than 20,000 parameters.
+        rng: generator for the sampling (default ``default_rng(0)``).
+        atol_floor: the relative error of an element is ``|a − n| / max(|a|, |n|, atol_floor)``,
+            i.e. elements smaller than the floor are compared absolutely.  Defaults: 1e-4
+            (central: its rounding noise is ≈ 1e-11 in units of the loss, so smaller gradients
+            cannot be resolved to 1e-6), 1e-6 (richardson), 1e-9 (complex).
+
+    Returns:
+        A GradcheckResult: the input row first, then per layer (forward order) its parameter
+        rows and its delta row.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    bad = non_analytic_layers(net, loss)
+    if method == "complex" and bad:
+        raise ValueError(
+            "complex-step needs every layer and the loss to be analytic; not analytic: " + ", ".join(bad)
+        )
+    if method == "auto":
+        method = "central" if bad else "complex"
+    if eps is None:
+        eps = DEFAULT_EPS[method]
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    floor = DEFAULT_ATOL_FLOOR[method] if atol_floor is None else float(atol_floor)
+    if per_tensor is not None and per_tensor < 1:
+        raise ValueError(f"per_tensor must be ≥ 1, got {per_tensor!r}")
+    names = [l.name for l in net.layers]
+    if layers is not None:
+        unknown = [n for n in layers if n not in names and n != "input"]
+        if unknown:
+            raise ValueError(f"unknown layers {', '.join(unknown)}; layers: {', '.join(names)}")
+    selected = set(names) | {"input"} if layers is None else set(layers)
+    if check_all is None:
+        check_all = per_tensor is None and net.n_params <= CHECK_ALL_MAX_PARAMS
+    k = None if check_all else (per_tensor or DEFAULT_PER_TENSOR)
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[1:] != net.input_shape:
+        raise ShapeError("input", f"expected samples of shape {net.input_shape}, got {x.shape[1:]}")
+    y = np.asarray(y)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    x = x.astype(np.float64)
+    if np.issubdtype(y.dtype, np.floating):
+        y = y.astype(np.float64)
+
+    dtypes = {p.dtype for layer in net.layers for p in layer.params.values()}
+    cast_from = None
+    if dtypes - {np.dtype(np.float64)}:
+        cast_from = ",".join(sorted(str(d) for d in dtypes - {np.dtype(np.float64)}))
+        net = copy.deepcopy(net).cast(np.float64)
+
+    ck = _Checker(net, loss, x, y, local=_local)
+    # analytic: ∂(mean L)/∂θ, per-sample deltas at every layer's output, per-sample ∂L_x/∂x
+    deltas: dict[str, np.ndarray] = {}
+    net.gradients(x, y, loss, record=lambda name, d: deltas.__setitem__(name, np.array(d, copy=True)))
+    grads = {l.name: {key: np.array(g, copy=True) for key, g in l.grads.items()} for l in net.layers}
+    first = net.layers[0]
+    dx = np.array(first.backward(deltas[first.name]), copy=True) if net.layers else loss.backward()
+
+    itemsize = 16 if method == "complex" else 8
+    copies = {"central": 2, "richardson": 4, "complex": 1}[method]
+
+    def chunk(per_copy: int) -> int:
+        n = max(1, CHUNK_BYTES // max(1, per_copy))
+        return max(copies, n - n % copies)
+
+    def check_activation(layer_name: str, tensor: str, start: int, analytic: np.ndarray) -> TensorCheck:
+        idx = _select(analytic, k, rng)
+        v = ck.acts[start].reshape(-1)[idx].astype(np.float64)
+        plan = ck.plan(start)
+        per_copy = ck.plan_bytes(plan, itemsize) if plan.steps else ck.copy_bytes(start, 1, itemsize)
+        num, kink = _differentiate(ck.activation_evaluator(start), idx, v, method, eps, chunk(per_copy))
+        return _row(layer_name, tensor, analytic, idx, num, kink, rtol, floor)
+
+    rows: list[TensorCheck] = []
+    try:
+        if "input" in selected:
+            rows.append(check_activation("input", "input", 0, dx))
+        for l, layer in enumerate(net.layers):
+            if layer.name not in selected:
+                continue
+            for key, param in layer.params.items():
+                if param.size == 0:
+                    continue
+                analytic = grads[layer.name][key]
+                idx = _select(analytic, k, rng)
+                v = param.reshape(-1)[idx].astype(np.float64)
+                per_copy = ck.copy_bytes(l, ck.m, itemsize)
+                num, kink = _differentiate(ck.param_evaluator(l, key), idx, v, method, eps, chunk(per_copy))
+                rows.append(_row(layer.name, key, analytic, idx, num, kink, rtol, floor))
+            rows.append(check_activation(layer.name, "delta", l + 1, deltas[layer.name]))
+    finally:
+        # leave caches and grads as a plain gradients() call would
+        net.gradients(x, y, loss)
+
+    return GradcheckResult(
+        rows=rows,
+        method=method,
+        eps=float(eps),
+        samples=int(x.shape[0]),
+        seconds=time.perf_counter() - t0,
+        rtol=float(rtol),
+        cast_from=cast_from,
+        atol_floor=floor,
+    )

@@ -1,0 +1,395 @@
+"""End-to-end tests of ``cnnbp train`` through the Typer app: run folders, metrics, checkpoints, output modes
+and clean one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnnbp_cli import __version__
+from cnnbp_cli.app import app
+from cnnbp_cli.checkpoint import find_checkpoints, read_checkpoint
+from cnnbp_cli.config import build_loss, build_network, check_model, dump_config, load_config
+from cnnbp_cli.data import load_dataset
+from cnnbp_cli.render import EpochLines
+from cnnbp_cli.runs import METRIC_COLUMNS, create_run_dir
+from cnnbp_cli.train import Interrupted, choose_probe, fit
+from core.optim import SGD
+
+REPO = Path(__file__).resolve().parents[2]
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+runner = CliRunner()
+
+# explicit initial values of the tiny config below (conv 1×1×2×2 + bias, dense 2×4 + bias)
+CONV_W = [[[[0.5, -0.25], [0.125, 0.75]]]]
+CONV_B = [0.01]
+DENSE_W = [[0.1, -0.2, 0.3, -0.4], [-0.5, 0.6, -0.7, 0.8]]
+DENSE_B = [0.05, -0.05]
+
+
+def tiny_config(name: str = "tiny", epochs: int = 3, every: int = 2) -> dict:
+    """Eight 1×3×3 images (bright top row → class 1) and a conv + dense model with explicit init."""
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for i in range(8):
+        img = rng.uniform(0, 0.2, size=(1, 3, 3))
+        if i % 2:
+            img[0, 0, :] += 1.0
+        xs.append(np.round(img, 3).tolist())
+        ys.append(i % 2)
+    return {
+        "name": name,
+        "seed": 1,
+        "dtype": "float64",
+        "data": {"source": "inline", "val_fraction": 0.25, "x": xs, "y": ys},
+        "model": {
+            "input_shape": [1, 3, 3],
+            "layers": [
+                {
+                    "type": "conv",
+                    "name": "conv",
+                    "filters": 1,
+                    "kernel": 2,
+                    "activation": "tanh",
+                    "init": {"W": CONV_W, "b": CONV_B},
+                },
+                {"type": "flatten", "name": "flat"},
+                {"type": "dense", "name": "out", "units": 2, "init": {"W": DENSE_W, "b": DENSE_B}},
+            ],
+        },  # fmt: skip
+        "loss": "softmax_cross_entropy",
+        "train": {"epochs": epochs, "batch_size": 4, "lr": 0.1},
+        "record": {"probe": 3, "every": every},
+    }
+
+
+def write_config(folder: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def invoke(*args: str | Path):  # noqa: ANN201 - typer's Result
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- the app -----------------------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"cnnbp {__version__}" == "cnnbp 0.1.0"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_for_app_and_train(flag: str) -> None:
+    result = invoke(flag)
+    assert result.exit_code == 0, result.output
+    assert "train" in result.stdout
+    result = invoke("train", flag)
+    assert result.exit_code == 0, result.output
+    for option in ("--epochs", "--seed", "--name", "--out", "--set", "--dry-run", "--json", "--quiet"):
+        assert option in result.stdout
+
+
+def test_python_dash_m_and_the_error_path_of_main(tmp_path: Path) -> None:
+    """The real entry point: ``python -m cnnbp_cli`` prints the version, and a config error is one line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnbp_cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"cnnbp {__version__}"
+    args = ["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnbp_cli", *args],
+        capture_output=True, text=True, timeout=60, env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.yaml" in lines[0]
+    assert "\x1b[" not in done.stderr  # NO_COLOR and a pipe: plain text
+    assert not (tmp_path / "r").exists()
+
+
+# ---- the default digits config, end to end ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("runs")
+    result = invoke("train", "--epochs", "2", "--out", out, "--set", "data.limit=400")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_digits_run_folder_layout(digits_run: tuple[Path, object]) -> None:
+    out, _ = digits_run
+    run = out / "digits"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert [e for e, _ in find_checkpoints(run)] == [0, 1, 2]
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_digits_metrics_csv(digits_run: tuple[Path, object]) -> None:
+    out, _ = digits_run
+    path = out / "digits" / "metrics.csv"
+    assert path.read_text().splitlines()[0] == ",".join(METRIC_COLUMNS)
+    rows = read_csv(path)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    default = load_config(None)
+    steps_per_epoch = math.ceil(400 / default.train.batch_size)
+    assert [int(r["step"]) for r in rows] == [0, steps_per_epoch, 2 * steps_per_epoch]
+    assert math.isnan(float(rows[0]["train_loss"])) and math.isnan(float(rows[0]["train_acc"]))
+    for r in rows:
+        assert 0 <= float(r["val_acc"]) <= 1 and float(r["val_loss"]) > 0
+        assert float(r["lr"]) == default.train.lr and float(r["seconds"]) >= 0
+    assert float(rows[2]["train_loss"]) < float(rows[1]["train_loss"])
+    assert float(rows[2]["val_acc"]) > 0.5  # two epochs on 400 digits are far above chance (0.1)
+
+
+def test_digits_checkpoints(digits_run: tuple[Path, object]) -> None:
+    out, _ = digits_run
+    run = out / "digits"
+    first = read_checkpoint(run / "checkpoints" / "0000.h5")
+    last = read_checkpoint(run / "checkpoints" / "0002.h5")
+    steps = 2 * math.ceil(400 / load_config(None).train.batch_size)
+    assert (first.epoch, first.step, last.epoch, last.step) == (0, 0, 2, steps)
+    assert first.run_name == "digits" and first.dtype == "float32"
+    assert math.isnan(first.metrics["train_loss"]) and math.isfinite(first.metrics["val_loss"])
+    # the probe is the same samples in every checkpoint, chosen by the documented derivation
+    np.testing.assert_array_equal(first.probe_index, choose_probe(400, 8, 0))
+    np.testing.assert_array_equal(first.probe_x, last.probe_x)
+    assert set(first.deltas) == set(first.layer_names)
+    for info in check_model(load_config(None)):
+        assert first.deltas[info.name].shape == (8, *info.output_shape)
+    # weights changed between the checkpoints; so did the probe gradients
+    assert not np.array_equal(first.weights["dense6"]["W"], last.weights["dense6"]["W"])
+    assert not np.array_equal(first.grads["dense6"]["W"], last.grads["dense6"]["W"])
+    assert first.optimizer.state == {} and set(last.optimizer.state) == set(last.weights)
+    assert list(last.history["epoch"]) == [0, 1, 2]
+    # the stored config is the resolved YAML of the run
+    assert last.config == (run / "config.yaml").read_text()
+
+
+def test_digits_checkpoint_0_holds_the_seeded_initial_weights(digits_run: tuple[Path, object]) -> None:
+    out, _ = digits_run
+    cfg = load_config(out / "digits" / "config.yaml")
+    net = build_network(cfg).build(np.random.default_rng(cfg.seed), np.float32)
+    first = read_checkpoint(out / "digits" / "checkpoints" / "0000.h5")
+    for lname, group in net.parameters().items():
+        for key, w in group.items():
+            np.testing.assert_array_equal(first.weights[lname][key], w)
+
+
+def test_digits_output(digits_run: tuple[Path, object]) -> None:
+    out, result = digits_run
+    stdout, stderr = result.stdout, result.stderr
+    infos = check_model(load_config(None))
+    total = f"{sum(info.n_params for info in infos):,}"
+    for text in (infos[0].name, infos[-1].name, total, "total", "cnnbp inspect", str(out / "digits")):
+        assert text in stdout, text
+    # not a terminal: one plain line per epoch on stderr
+    epoch_lines = [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["0/2", "1/2", "2/2"]
+    assert "train_loss" in epoch_lines[1] and "val_acc" in epoch_lines[1]
+
+
+def test_stored_config_reproduces_the_run_and_names_collide(digits_run: tuple[Path, object]) -> None:
+    out, _ = digits_run
+    stored = load_config(out / "digits" / "config.yaml")
+    assert stored.resolved["data"]["limit"] == 400 and stored.train.epochs == 2
+    result = invoke("train", out / "digits" / "config.yaml", "--out", out, "--epochs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "digits-2" / "checkpoints" / "0001.h5").exists()
+    a = read_checkpoint(out / "digits" / "checkpoints" / "0001.h5")
+    b = read_checkpoint(out / "digits-2" / "checkpoints" / "0001.h5")
+    assert b.run_name == "digits-2"
+    for lname, group in a.weights.items():  # same config, same seed: bit-identical first epoch
+        for key, w in group.items():
+            np.testing.assert_array_equal(b.weights[lname][key], w)
+    # --quiet: the summary only
+    assert "conv1" not in result.stdout and "cnnbp inspect" in result.stdout
+    assert "epoch " not in result.stderr
+
+
+# ---- small inline configs ---------------------------------------------------------------------------
+
+
+def test_checkpoint_0_equals_explicit_init_and_every_controls_checkpoints(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config(epochs=3, every=2))
+    result = invoke("train", config, "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    assert [e for e, _ in find_checkpoints(run)] == [0, 2, 3]  # every 2, and always the last
+    assert len(read_csv(run / "metrics.csv")) == 4
+    first = read_checkpoint(run / "checkpoints" / "0000.h5")
+    assert first.dtype == "float64"
+    np.testing.assert_array_equal(first.weights["conv"]["W"], np.array(CONV_W))
+    np.testing.assert_array_equal(first.weights["conv"]["b"], np.array(CONV_B))
+    np.testing.assert_array_equal(first.weights["out"]["W"], np.array(DENSE_W))
+    np.testing.assert_array_equal(first.weights["out"]["b"], np.array(DENSE_B))
+    assert first.layer_names == ["conv", "conv.tanh", "flat", "out"]
+    assert first.deltas["conv.tanh"].shape == (3, 1, 2, 2)
+    assert first.probe_x.shape == (3, 1, 3, 3)
+
+
+def test_init_from_a_previous_run(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config(epochs=2, every=1))
+    assert invoke("train", config, "--out", tmp_path / "runs", "--quiet").exit_code == 0
+    last = read_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "0002.h5")
+    again = write_config(tmp_path, tiny_config(name="again", epochs=1), "again.yaml")
+    result = invoke("train", again, "--out", tmp_path / "runs", "--quiet",
+                    "--set", f"model.init_from={tmp_path / 'runs' / 'tiny'}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first = read_checkpoint(tmp_path / "runs" / "again" / "checkpoints" / "0000.h5")
+    for lname, group in last.weights.items():
+        for key, w in group.items():
+            np.testing.assert_array_equal(first.weights[lname][key], w)
+
+
+def test_json_lines(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config(epochs=3))
+    result = invoke("train", config, "--out", tmp_path / "runs", "--json")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    objs = [json.loads(line) for line in lines]  # every stdout line is JSON, nothing else
+    assert [o["epoch"] for o in objs] == [1, 2, 3]
+    for o in objs:
+        assert set(o) >= {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+        assert isinstance(o["train_loss"], float) and 0 <= o["val_acc"] <= 1
+    assert [o["step"] for o in objs] == [2, 4, 6]  # 6 training samples, batches of 4
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config())
+    out = tmp_path / "runs"
+    result = invoke("train", config, "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not out.exists()
+    assert "conv.tanh" in result.stdout and "total" in result.stdout
+    assert "dry run" in result.stderr
+
+
+def test_name_collision_counts_up(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config(epochs=1))
+    out = tmp_path / "runs"
+    for _ in range(3):
+        assert invoke("train", config, "--out", out, "--quiet").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny", "tiny-2", "tiny-3"]
+    result = invoke("train", config, "--out", out, "--quiet", "--name", "other")
+    assert result.exit_code == 0 and (out / "other").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("edit", "args", "fragment"),
+    [
+        (None, ["--set", "train.lr=-1"], "train.lr"),
+        (None, ["--set", "nonsense"], "--set"),
+        (None, ["--set", "model.layers[0].kernel=9"], "model.layers[0]"),
+        (None, ["--name", "../escape"], "name"),
+        (lambda c: c["model"]["layers"][0].update(filters=0), [], "model.layers[0].filters"),
+        (lambda c: c.update(loss="hinge"), [], "loss"),
+        (lambda c: c["data"].update(y=[0, 1]), [], "data"),
+        ("missing", [], "missing.yaml"),
+        ("not yaml", [], "tiny.yaml"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2(
+    tmp_path: Path, edit: object, args: list[str], fragment: str
+) -> None:
+    cfg = tiny_config()
+    if callable(edit):
+        edit(cfg)
+    config = write_config(tmp_path, cfg)
+    if edit == "missing":
+        config = tmp_path / "missing.yaml"
+    elif edit == "not yaml":
+        config.write_text("model: [unclosed\n  - {", encoding="utf-8")
+    out = tmp_path / "runs"
+    result = invoke("train", config, "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_run_name_cannot_escape_the_output_folder(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="plain folder name|outside"):
+        create_run_dir(tmp_path, "../x")
+    assert create_run_dir(tmp_path, "ok").parent == tmp_path
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------------------
+
+
+class _StopAt(EpochLines):
+    """Raises KeyboardInterrupt at a given batch, as Ctrl-C would."""
+
+    wants_batches = True
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        from rich.console import Console
+
+        super().__init__(Console(file=open("/dev/null", "w")))  # noqa: SIM115 - closed with the process
+        self.at = (epoch, batch)
+
+    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
+        if (epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_saves_a_marked_checkpoint(tmp_path: Path) -> None:
+    config = write_config(tmp_path, tiny_config(epochs=5, every=5))
+    cfg = load_config(config)
+    data = load_dataset(cfg.data, cfg.model.input_shape, 2, np.dtype(cfg.dtype), cfg.seed, cfg.base_dir)
+    net = build_network(cfg).build(np.random.default_rng(cfg.seed), np.float64)
+    run_dir = create_run_dir(tmp_path / "runs", cfg.name)
+    (run_dir / "checkpoints" / "0009.h5.tmp").write_bytes(b"left over")
+    with pytest.raises(Interrupted) as info:
+        fit(cfg, net, build_loss(cfg), SGD(0.1), data, run_dir, config_text=dump_config(cfg),
+            reporters=[_StopAt(epoch=3, batch=1)])  # fmt: skip
+    assert (info.value.epoch, info.value.step) == (3, 5)
+    assert [e for e, _ in find_checkpoints(run_dir)] == [0, 3]
+    ck = read_checkpoint(run_dir / "checkpoints" / "0003.h5")
+    assert ck.interrupted and ck.step == 5 and math.isnan(ck.metrics["train_loss"])
+    assert [int(r["epoch"]) for r in read_csv(run_dir / "metrics.csv")] == [0, 1, 2]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # stale .tmp removed when the run started
+
+
+# ---- MNIST (the DeepLearnToolbox network), when the shared data is there ---------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST data at {MNIST_DIR}")
+def test_dlt_mnist_config(tmp_path: Path) -> None:
+    candidates = [REPO / "cnnbp_cli" / "configs" / "dlt_mnist.yaml", REPO / "configs" / "dlt_mnist.yaml"]
+    config = next((p for p in candidates if p.exists()), None)
+    if config is None:
+        pytest.skip("no dlt_mnist.yaml config")
+    result = invoke("train", config, "--out", tmp_path, "--epochs", "1", "--json",
+                    "--set", f"data.path={MNIST_DIR}", "--set", "data.limit=300")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (obj,) = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert obj["epoch"] == 1 and math.isfinite(obj["train_loss"])
+    run = next(tmp_path.iterdir())
+    assert [e for e, _ in find_checkpoints(run)] == [0, 1]
+    ck = read_checkpoint(run / "checkpoints" / "0001.h5")
+    assert ck.deltas[ck.layer_names[0]].shape[1:] == ck.layers[0].output_shape
