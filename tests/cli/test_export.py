@@ -1,4 +1,4 @@
-"""Tests for cnnbp_cli.export: ONNX against the engine's forward pass, NPZ/JSON round trips, init_from checks.
+"""Tests for cnnbp_cli.exporters: ONNX against the engine's forward pass, NPZ/JSON round trips, init_from checks.
 
 Reference values come from ``net.forward`` (the engine) and from softmax written out here; the ONNX side
 runs in onnxruntime (and, for graphs onnxruntime has no float64 kernels for, in onnx's own reference
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cnnbp_cli.errors import UserError
-from cnnbp_cli.export import (
+from cnnbp_cli.exporters import (
     ExportError,
     apply_params,
     load_json,
@@ -283,7 +283,7 @@ def test_onnx_user_errors(onnx) -> None:
 
 
 def test_module_imports_without_loading_onnx() -> None:
-    code = "import sys, cnnbp_cli.export; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
+    code = "import sys, cnnbp_cli.exporters; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "False"]
