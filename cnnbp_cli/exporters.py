@@ -552,6 +552,35 @@ def load_json(path: Path) -> tuple[Params, dict]:
 
 
 # ---- init_from -----------------------------------------------------------------------------------------
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_SUFFIX_KINDS: dict[str, Literal["npz", "json"]] = {".npz": "npz", ".json": "json"}
+
+
+def params_file_kind(path: Path) -> Literal["npz", "json"] | None:
+    """``"npz"`` or ``"json"`` for a file that :func:`load_npz` / :func:`load_json` should read, else None.
+
+    Decided by the first bytes (a zip archive → npz; ``{`` after optional BOM and whitespace → json;
+    the HDF5 signature → None, a checkpoint), then by the suffix (``.npz``, ``.json``) when the content
+    says nothing, so a damaged ``.json`` still gets the JSON reader's message.  Folders and missing
+    paths give None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        head = b""
+    if head.startswith(_HDF5_MAGIC):
+        return None
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "npz"
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{"):
+        return "json"
+    return _SUFFIX_KINDS.get(path.suffix.lower())
+
+
 def apply_params(net: Sequential, params: Mapping[str, Mapping[str, np.ndarray]], *, source: str) -> None:
     """Copy ``params`` into the built network after checking names and shapes (all or nothing).
 
@@ -631,6 +660,7 @@ __all__ = [
     "load_npz",
     "onnx_available",
     "param_dtype",
+    "params_file_kind",
     "run_onnx",
     "save_json",
     "save_npz",

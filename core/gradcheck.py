@@ -58,7 +58,8 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -67,9 +68,24 @@ from core.errors import ShapeError
 from core.layers.activations import Identity, ReLU, Sigmoid, Tanh
 from core.layers.base import Layer
 from core.layers.conv import Conv2D
-from core.layers.pooling import MaxPool, MeanPool, Subsample
+from core.layers.pooling import LpPool, MaxPool, MeanPool, Subsample
 from core.losses import Loss
 from core.network import Sequential
+
+__all__ = [
+    "DEFAULT_ATOL_FLOOR",
+    "DEFAULT_EPS",
+    "FAIL",
+    "KINK",
+    "METHODS",
+    "PASS",
+    "ElementDetail",
+    "GradcheckResult",
+    "TensorCheck",
+    "gradcheck",
+    "non_analytic_layers",
+    "relative_error",
+]
 
 #: Methods accepted by :func:`gradcheck`.
 METHODS = ("central", "richardson", "complex", "auto")
@@ -113,7 +129,7 @@ class TensorCheck:
     PASS); delta and input indices include the sample axis.  ``analytic`` / ``numeric`` are
     the values there and ``max_rel_error`` its error.  ``n_fail`` counts elements over
     ``rtol`` with no kink, ``n_kink`` those over ``rtol`` whose perturbation crossed a kink.
-    ``detail`` holds every checked element (not part of the printed row).
+    ``detail`` (an attribute, not a dataclass field) holds every checked element.
     """
 
     layer: str
@@ -128,7 +144,10 @@ class TensorCheck:
     status: str
     n_fail: int
     n_kink: int
-    detail: ElementDetail | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # an attribute, not a field: ``dataclasses.asdict`` of a row stays plain values
+        self.detail: ElementDetail | None = None
 
 
 @dataclass
@@ -177,10 +196,6 @@ _Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 _ELEMENTWISE = (Sigmoid, Tanh, ReLU, Identity)
 
 
-class _NotLocal(Exception):
-    """A chunk cannot take the local path (a kink signature that is not laid out like the output)."""
-
-
 @dataclass(frozen=True)
 class _Step:
     """Geometry of one layer on the local path: where a dirty box of the input goes in the output.
@@ -207,7 +222,7 @@ def _window_geometry(layer: Layer) -> tuple[tuple[int, int], tuple[int, int], tu
     kind = type(layer)
     if kind is Conv2D and layer.bias == "tied":  # an untied bias depends on the position
         return layer.kernel, layer.stride, layer.padding
-    if kind in (MaxPool, MeanPool):  # Lp pooling's kink signature is not laid out per position
+    if kind in (MaxPool, MeanPool, LpPool):
         return layer.size, layer.stride, (0, 0)
     if kind is Subsample:
         return (layer.scale, layer.scale), (layer.scale, layer.scale), (0, 0)
@@ -263,19 +278,60 @@ class _Checker:
             a = layer.forward(a)
             self.acts.append(a)
             self.ref_sigs.append(np.array(layer.kink_signature(), copy=True) if kinky else None)
-        self._sample_refs: dict[tuple[int, int], list[np.ndarray]] = {}
         self._plans: dict[int, _LocalPlan] = {}
         self._padded: dict[int, np.ndarray] = {}
 
     # ---- running ------------------------------------------------------------------------
-    def run(self, start: int, a: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-        """Run layers[start:] on ``a``; the output and the signatures of the kinky layers."""
-        sigs = []
+    def run(self, start: int, a: np.ndarray, rows: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run layers[start:] on a stack of perturbed copies; the output and per-copy kink flags.
+
+        Copy i is rows ``i·group … (i+1)·group − 1`` of ``a``; ``rows[r]`` is the sample whose
+        unperturbed state row r is compared with.  A signature with the batch as its leading
+        axis is compared row by row; any other layout by bisection (see ``_bisect_kinks``).
+        """
+        copies = a.shape[0] // group
+        kinks = np.zeros(copies, dtype=bool)
         for j in range(start, len(self.layers)):
-            a = self.layers[j].forward(a)
+            inp = a
+            a = self.layers[j].forward(inp)
             if self.kinky[j]:
-                sigs.append((j, np.asarray(self.layers[j].kink_signature())))
-        return a, sigs
+                sig = np.asarray(self.layers[j].kink_signature())
+                ref = self.ref_sigs[j]
+                if _splittable(sig, a.shape[0]) and ref is not None and _splittable(ref, self.m):
+                    kinks |= np.any(sig.reshape(copies, -1) != ref[rows].reshape(copies, -1), axis=1)
+                else:
+                    ref_of = partial(_take_rows, self.acts[j], rows)
+                    kinks |= self._bisect_kinks(self.layers[j], inp, ref_of, group, np.array(sig, copy=True))
+        return a, kinks
+
+    @staticmethod
+    def _bisect_kinks(
+        layer: Layer, inp: np.ndarray, ref_of: Callable[[slice], np.ndarray], group: int, sig: np.ndarray
+    ) -> np.ndarray:
+        """Per-copy kink flags of a layer whose signature's layout mixes the batch.
+
+        ``sig`` is the layer's signature for ``inp``; ``ref_of(rows)`` gives the unperturbed
+        input for those rows.  Whole runs of copies are compared with the signature of the same
+        rows unperturbed; a run that differs is halved until single copies remain, so the cost
+        is one extra forward of this layer per chunk when nothing changed.
+        """
+        flags = np.zeros(inp.shape[0] // group, dtype=bool)
+        todo: list[tuple[int, int, np.ndarray | None]] = [(0, flags.shape[0], sig)]
+        while todo:
+            lo, hi, s = todo.pop()
+            span = slice(lo * group, hi * group)
+            if s is None:
+                layer.forward(inp[span])
+                s = np.array(layer.kink_signature(), copy=True)
+            layer.forward(ref_of(span))
+            if not _Checker._changed(s, np.asarray(layer.kink_signature())):
+                continue
+            if hi - lo == 1:
+                flags[lo] = True
+            else:
+                mid = (lo + hi) // 2
+                todo += [(lo, mid, None), (mid, hi, None)]
+        return flags
 
     def copy_bytes(self, start: int, rows: int, itemsize: int) -> int:
         """Rough bytes of activations (and im2col buffers) one copy of ``rows`` samples needs."""
@@ -332,13 +388,17 @@ class _Checker:
             self._padded[st.j] = np.pad(self.acts[st.j], ((0, 0), (0, 0), (q0h * sh, ph), (q0w * sw, pw)))
         return self._padded[st.j]
 
+    def _aligned(self, j: int, sig: np.ndarray, out_shape: tuple[int, ...]) -> bool:
+        """Whether layer j's signatures are laid out like its output (one entry per output element)."""
+        ref = self.ref_sigs[j]
+        return ref is not None and ref.shape == self.acts[j + 1].shape and sig.shape == out_shape
+
     def _box_kinks(
         self, j: int, sig: np.ndarray, n: np.ndarray, y0: np.ndarray, x0: np.ndarray
     ) -> np.ndarray:
         """Per copy: does the signature of a box differ from the reference at the same place?"""
         ref = self.ref_sigs[j]
-        if ref is None or ref.shape != self.acts[j + 1].shape or sig.ndim != 4:
-            raise _NotLocal
+        assert ref is not None
         return np.any((sig != _box_view(ref, n, y0, x0, *sig.shape[2:])).reshape(sig.shape[0], -1), axis=1)
 
     def propagate_local(
@@ -362,23 +422,31 @@ class _Checker:
         for st in plan.steps:
             layer = self.layers[st.j]
             if not st.window:
-                box = layer.forward(box)
+                inp = box
+                box = layer.forward(inp)
                 if self.kinky[st.j]:
-                    kinks |= self._box_kinks(st.j, np.asarray(layer.kink_signature()), n, y0, x0)
+                    sig = np.asarray(layer.kink_signature())
+                    if self._aligned(st.j, sig, box.shape):
+                        kinks |= self._box_kinks(st.j, sig, n, y0, x0)
+                    else:
+                        ref = _box_view(self.acts[st.j], n, y0, x0, *inp.shape[2:])
+                        kinks |= self._bisect_kinks(layer, inp, lambda r, ref=ref: ref[r], 1, sig.copy())
                 continue
             (kh, kw), (sh, sw), (ph, pw), (q0h, q0w), (obh, obw) = st.k, st.s, st.p, st.q0, st.ob
             ho, wo = self.acts[st.j + 1].shape[2:]
             oy = np.clip(_ceil_div(y0 + ph - kh + 1, sh), 0, ho - obh)
             ox = np.clip(_ceil_div(x0 + pw - kw + 1, sw), 0, wo - obw)
-            crops = _box_view(self._padded_ref(st), n, oy * sh, ox * sw, *st.crop).astype(dtype)
+            ref = _box_view(self._padded_ref(st), n, oy * sh, ox * sw, *st.crop)
+            crops = ref.astype(dtype)
             _paste(crops, box, y0 + (q0h - oy) * sh, x0 + (q0w - ox) * sw)
             out = layer.forward(crops)
             box = out[:, :, q0h : q0h + obh, q0w : q0w + obw]
             if self.kinky[st.j]:
                 sig = np.asarray(layer.kink_signature())
-                if sig.shape != out.shape:
-                    raise _NotLocal
-                kinks |= self._box_kinks(st.j, sig[:, :, q0h : q0h + obh, q0w : q0w + obw], n, oy, ox)
+                if self._aligned(st.j, sig, out.shape):
+                    kinks |= self._box_kinks(st.j, sig[:, :, q0h : q0h + obh, q0w : q0w + obw], n, oy, ox)
+                else:
+                    kinks |= self._bisect_kinks(layer, crops, lambda r, ref=ref: ref[r], 1, sig.copy())
             y0, x0 = oy, ox
         full = self.acts[plan.stop][n].astype(dtype)
         _paste(full, box, y0, x0)
@@ -388,14 +456,6 @@ class _Checker:
     @staticmethod
     def _changed(sig: np.ndarray, ref: np.ndarray | None) -> bool:
         return ref is None or sig.shape != ref.shape or bool(np.any(sig != ref))
-
-    def _sample_ref(self, start: int, n: int) -> list[np.ndarray]:
-        """Signatures of layers[start:] for the unperturbed sample n alone (unsplittable case)."""
-        key = (start, n)
-        if key not in self._sample_refs:
-            _, sigs = self.run(start, self.acts[start][n : n + 1])
-            self._sample_refs[key] = [np.array(s, copy=True) for _, s in sigs]
-        return self._sample_refs[key]
 
     # ---- evaluators -----------------------------------------------------------------------
     def activation_evaluator(self, start: int) -> _Evaluate:
@@ -414,42 +474,33 @@ class _Checker:
             b = idx.shape[0]
             n, e = np.divmod(idx, size)
             dtype = np.complex128 if np.iscomplexobj(values) else np.float64
-            stack, j, kinks = None, start, np.zeros(b, dtype=bool)
-            if plan.steps and b > 1:
-                try:
-                    stack, kinks = self.propagate_local(plan, n, e, values, dtype)
-                    j = plan.stop
-                except _NotLocal:
-                    stack, j, kinks = None, start, np.zeros(b, dtype=bool)
-            if stack is None:
+            j, kinks = start, np.zeros(b, dtype=bool)
+            if plan.steps:
+                stack, kinks = self.propagate_local(plan, n, e, values, dtype)
+                j = plan.stop
+            else:
                 stack = flat_base[n].astype(dtype)
                 stack[np.arange(b), e] = values
                 stack = stack.reshape(b, *base.shape[1:])
-            out, sigs = self.run(j, stack)
-            losses = self.loss.forward(out, self.y[n])
-            for jj, sig in sigs:
-                ref = self.ref_sigs[jj]
-                if b > 1 and _splittable(sig, b) and ref is not None and _splittable(ref, m):
-                    kinks |= np.any(sig.reshape(b, -1) != ref[n].reshape(b, -1), axis=1)
-                elif b > 1:
-                    return _one_by_one(evaluate, idx, values)
-                else:
-                    k = [i for i, _ in sigs].index(jj)
-                    kinks[0] |= self._changed(sig, self._sample_ref(start, int(n[0]))[k])
-            return losses, kinks
+            out, later = self.run(j, stack, n, 1)
+            return self.loss.forward(out, self.y[n]), kinks | later
 
         return evaluate
 
     def param_evaluator(self, l: int, key: str) -> _Evaluate:
         """Batch-mean losses with single elements of ``layers[l].params[key]`` set to new values."""
         layer = self.layers[l]
-        a_in = self.acts[l]
         m = self.m
+        inputs: dict[object, np.ndarray] = {}
 
         def evaluate(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             b = idx.shape[0]
             original = layer.params[key]
             dtype = np.complex128 if np.iscomplexobj(values) else original.dtype
+            # complex-step: the whole forward in complex128, the layer's input included
+            if dtype not in inputs:
+                inputs[dtype] = self.acts[l].astype(dtype, copy=False)
+            a_in = inputs[dtype]
             work = original.astype(dtype, copy=True)
             flat = work.reshape(-1)
             outs = []
@@ -465,30 +516,21 @@ class _Checker:
                     flat[idx[i]] = old
             finally:
                 layer.params[key] = original
-            out, sigs = self.run(l + 1, np.concatenate(outs) if b > 1 else outs[0])
-            losses = self.loss.forward(out, self.y[np.tile(np.arange(m), b)]).reshape(b, m).mean(axis=1)
-            for j, sig in sigs:
-                ref = self.ref_sigs[j]
-                if b == 1:
-                    kinks[0] |= self._changed(sig, ref)
-                elif _splittable(sig, b * m) and ref is not None:
-                    kinks |= np.any(sig.reshape(b, -1) != ref.reshape(1, -1), axis=1)
-                else:
-                    return _one_by_one(evaluate, idx, values)
-            return losses, kinks
+            rows = np.tile(np.arange(m), b)
+            out, later = self.run(l + 1, np.concatenate(outs) if b > 1 else outs[0], rows, m)
+            losses = self.loss.forward(out, self.y[rows]).reshape(b, m).mean(axis=1)
+            return losses, kinks | later
 
         return evaluate
+
+
+def _take_rows(a: np.ndarray, rows: np.ndarray, span: slice) -> np.ndarray:
+    return a[rows[span]]
 
 
 def _splittable(sig: np.ndarray, rows: int) -> bool:
     """Whether a signature has the batch as its leading axis (so copies can be told apart)."""
     return sig.ndim >= 2 and sig.shape[0] == rows
-
-
-def _one_by_one(evaluate: _Evaluate, idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fallback for signatures that do not keep the batch axis: one copy per run."""
-    parts = [evaluate(idx[i : i + 1], values[i : i + 1]) for i in range(idx.shape[0])]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 # ---- finite differences ---------------------------------------------------------------------
@@ -563,7 +605,7 @@ def _row(
     status = FAIL if fail.any() else KINK if kmis.any() else PASS
     pool = kmis if status == KINK else ~kmis
     w = int(np.argmax(np.where(pool, err, -1.0)))
-    return TensorCheck(
+    row = TensorCheck(
         layer=layer,
         tensor=tensor,
         shape=tuple(int(s) for s in analytic.shape),
@@ -576,8 +618,9 @@ def _row(
         status=status,
         n_fail=int(fail.sum()),
         n_kink=int(kmis.sum()),
-        detail=ElementDetail(idx, a, numeric, err, kink),
     )
+    row.detail = ElementDetail(idx, a, numeric, err, kink)
+    return row
 
 
 # ---- the entry point ---------------------------------------------------------------------------
@@ -623,6 +666,8 @@ def gradcheck(
             1e-9 complex — where each method's rounding noise (≈ 6e-11·|L|, 1.5e-12·|L|,
             ≲ 1e-16) stays ≥ 5× below rtol = 1e-6.  Smaller floors make central report noise
             on small gradients as FAILs.
+        _local: False disables the crop-based evaluation of single-element perturbations (a
+            switch for tests and benchmarks; the numbers agree to rounding).
 
     Returns:
         A GradcheckResult: the input row first, then per layer (forward order) its parameter

@@ -1,0 +1,426 @@
+"""Tests for the finite-difference gradient checker ``core.gradcheck``.
+
+Every layer type is checked twice: the correct network passes every row, and the same network
+with a 1e-4 relative error injected into one element of one tensor of one layer's backward
+fails on exactly that tensor, naming the altered element.  Kinks (relu at 0, max-pool ties)
+are KINK rather than FAIL; complex-step agrees with Richardson; float32 networks are checked
+on a float64 copy; sampling keeps the largest-gradient element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from core.gradcheck import (
+    FAIL,
+    KINK,
+    PASS,
+    GradcheckResult,
+    gradcheck,
+    non_analytic_layers,
+)
+from core.layers import (
+    Conv2D,
+    Dense,
+    Flatten,
+    Identity,
+    Layer,
+    LpPool,
+    MaxPool,
+    MeanPool,
+    ReLU,
+    Sigmoid,
+    Subsample,
+    Tanh,
+)
+from core.losses import MSE, Loss, SoftmaxCrossEntropy
+from core.network import Sequential
+
+INJECT = 1e-4  # relative error injected into one element
+
+# ---- small networks, one per layer type ---------------------------------------------------------
+# name -> (layers before the final "fc" dense, input shape, layer to break, tensors to break)
+CASES: dict[str, tuple[Callable[[], list[Layer]], tuple[int, ...], str, tuple[str, ...]]] = {
+    "conv_tied": (
+        lambda: [Conv2D(2, 3, stride=2, padding=1, name="conv"), Tanh(name="act"), Flatten(name="flat")],
+        (2, 7, 7),
+        "conv",
+        ("W", "b", "dx"),
+    ),
+    "conv_untied": (
+        lambda: [Conv2D(2, 3, bias="untied", name="conv"), Tanh(name="act"), Flatten(name="flat")],
+        (2, 5, 5),
+        "conv",
+        ("W", "b", "dx"),
+    ),
+    "pool_max": (
+        lambda: [
+            Conv2D(2, 2, name="conv"),
+            Tanh(name="act"),
+            MaxPool(2, stride=1, name="pool"),
+            Flatten(name="flat"),
+        ],
+        (1, 6, 6),
+        "pool",
+        ("dx",),
+    ),
+    "pool_mean": (
+        lambda: [Conv2D(2, 2, name="conv"), Tanh(name="act"), MeanPool(2, name="pool"), Flatten(name="flat")],
+        (1, 7, 7),
+        "pool",
+        ("dx",),
+    ),
+    "pool_lp": (
+        lambda: [
+            Conv2D(2, 2, name="conv"),
+            Tanh(name="act"),
+            LpPool(2, p=3.0, name="pool"),
+            Flatten(name="flat"),
+        ],
+        (1, 5, 5),
+        "pool",
+        ("dx",),
+    ),
+    "subsample": (
+        lambda: [
+            Conv2D(2, 2, name="conv"),
+            Sigmoid(name="act"),
+            Subsample(2, name="sub"),
+            Flatten(name="flat"),
+        ],
+        (1, 7, 7),
+        "sub",
+        ("beta", "b", "dx"),
+    ),
+    "dense": (
+        lambda: [Flatten(name="flat"), Dense(4, name="hidden"), Tanh(name="act")],
+        (2, 2, 2),
+        "hidden",
+        ("W", "b", "dx"),
+    ),
+    "flatten": (
+        lambda: [Conv2D(2, 2, name="conv"), Flatten(name="flat")],
+        (1, 4, 4),
+        "flat",
+        ("dx",),
+    ),
+    "first_layer": (  # a first-layer dx error shows in the input row
+        lambda: [Conv2D(2, 3, padding=1, name="conv"), Tanh(name="act"), Flatten(name="flat")],
+        (1, 4, 4),
+        "conv",
+        ("dx",),
+    ),
+}
+for _act in (Sigmoid, Tanh, ReLU, Identity):
+    CASES[f"act_{_act.kind}"] = (
+        lambda a=_act: [Flatten(name="flat"), Dense(5, name="hidden"), a(name="act")],
+        (3,),
+        "act",
+        ("dx",),
+    )
+# ``act`` of the activation cases follows ``hidden``; Flatten of a (3,) input is the identity
+
+
+def build(layers: list[Layer], shape: tuple[int, ...], seed: int = 0, dtype: type = np.float64) -> Sequential:
+    """Layers + a final 3-unit dense ``fc``; parameters ~ N(0, 0.6²) so nothing is tiny."""
+    net = Sequential([*layers, Dense(3, name="fc")], shape).build(np.random.default_rng(seed), dtype)
+    rng = np.random.default_rng(seed + 100)
+    for layer in net.layers:
+        for p in layer.params.values():
+            p[...] = (0.6 * rng.standard_normal(p.shape)).astype(p.dtype)
+    return net
+
+
+def batch(net: Sequential, loss: Loss, m: int = 3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """m standard-normal samples and targets for ``loss`` (class indices or soft targets)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, *net.input_shape))
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return x, rng.integers(0, 3, size=m)
+    return x, rng.random((m, 3))
+
+
+def clean_gradients(
+    net: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray
+) -> tuple[dict, dict, np.ndarray]:
+    """Correct parameter gradients, per-layer deltas and the input gradient."""
+    deltas: dict[str, np.ndarray] = {}
+    net.gradients(x, y, loss, record=lambda name, d: deltas.__setitem__(name, d.copy()))
+    grads = {l.name: {k: g.copy() for k, g in l.grads.items()} for l in net.layers}
+    dx = net.layers[0].backward(deltas[net.layers[0].name]).copy()
+    return grads, deltas, dx
+
+
+def argmax_index(a: np.ndarray) -> tuple[int, ...]:
+    """Index of the largest |element|."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(np.abs(a))), a.shape))
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, layer: Layer, tensor: str, index: tuple[int, ...]) -> None:
+    """Make ``layer.backward`` wrong by a factor (1 + 1e-4) at one element of one tensor."""
+    original = layer.backward
+
+    def wrong(dy: np.ndarray) -> np.ndarray:
+        dx = original(dy)
+        if tensor == "dx":
+            dx = dx.copy()
+            dx[index] *= 1 + INJECT
+        else:
+            layer.grads[tensor][index] *= 1 + INJECT
+        return dx
+
+    monkeypatch.setattr(layer, "backward", wrong)
+
+
+def statuses(res: GradcheckResult) -> dict[tuple[str, str], str]:
+    """``{(layer, tensor): status}`` of every row."""
+    return {(r.layer, r.tensor): r.status for r in res.rows}
+
+
+LOSSES = [MSE, SoftmaxCrossEntropy]
+
+
+# ---- correct networks pass; one wrong element fails, named --------------------------------------
+@pytest.mark.parametrize("loss_cls", LOSSES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_correct_passes_and_injected_error_is_named(
+    case: str, loss_cls: type[Loss], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, shape, target, tensors = CASES[case]
+    loss = loss_cls()
+    for tensor in tensors:
+        net = build(make(), shape)
+        x, y = batch(net, loss)
+        clean = gradcheck(net, loss, x, y)
+        assert clean.passed(strict=True), [r for r in clean.rows if r.status != PASS]
+        assert {r.status for r in clean.rows} == {PASS}
+        assert all(r.checked == r.total for r in clean.rows)
+
+        names = [l.name for l in net.layers]
+        j = names.index(target)
+        grads, deltas, dx = clean_gradients(net, loss, x, y)
+        if tensor == "dx":  # the delta arriving at the layer below, or the input gradient
+            row_key = ("input", "input") if j == 0 else (names[j - 1], "delta")
+            index = argmax_index(dx if j == 0 else deltas[names[j - 1]])
+            untouched = names[j:]  # this layer and everything after it
+        else:
+            row_key = (target, tensor)
+            index = argmax_index(grads[target][tensor])
+            untouched = names
+        inject(monkeypatch, net.layer(target), tensor, index)
+        res = gradcheck(net, loss, x, y)
+        monkeypatch.undo()
+
+        assert not res.passed()
+        bad = res.row(*row_key)
+        assert bad.status == FAIL
+        assert bad.worst_index == index
+        assert bad.max_rel_error == pytest.approx(INJECT, rel=0.01)
+        assert bad.numeric == pytest.approx(bad.analytic / (1 + INJECT), rel=1e-6)
+        for (layer, t), status in statuses(res).items():
+            if (layer, t) == row_key:
+                continue
+            if layer in untouched:
+                assert status == PASS, (layer, t)
+        if tensor != "dx":  # a parameter-gradient error touches nothing else
+            assert [r for r in res.rows if r.status != PASS] == [bad]
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES, ids=lambda c: c.name)
+def test_wrong_loss_delta_fails_the_last_layer(loss_cls: type[Loss], monkeypatch: pytest.MonkeyPatch) -> None:
+    loss = loss_cls()
+    net = build([Flatten(name="flat"), Dense(4, name="hidden"), Sigmoid(name="act")], (2, 2))
+    x, y = batch(net, loss)
+    _, deltas, _ = clean_gradients(net, loss, x, y)
+    index = argmax_index(deltas["fc"])
+    original = loss.backward
+
+    def wrong() -> np.ndarray:
+        d = original().copy()
+        d[index] *= 1 + INJECT
+        return d
+
+    monkeypatch.setattr(loss, "backward", wrong)
+    res = gradcheck(net, loss, x, y)
+    row = res.row("fc", "delta")
+    assert row.status == FAIL and row.worst_index == index
+
+
+# ---- kinks -----------------------------------------------------------------------------------------
+def test_relu_at_zero_is_a_kink_not_a_failure() -> None:
+    net = build([Flatten(name="flat"), Dense(4, name="hidden"), ReLU(name="relu")], (3,))
+    hidden = net.layer("hidden")
+    hidden.params["W"][1] = 0.0  # unit 1's pre-activation is exactly 0 for every input
+    hidden.params["b"][1] = 0.0
+    x, y = batch(net, MSE())
+    res = gradcheck(net, MSE(), x, y)
+    kinks = {key for key, status in statuses(res).items() if status == KINK}
+    assert kinks == {("hidden", "W"), ("hidden", "b"), ("hidden", "delta")}
+    assert FAIL not in statuses(res).values()
+    row = res.row("hidden", "b")
+    assert row.worst_index == (1,) and row.n_kink == 1 and row.n_fail == 0
+    assert res.row("hidden", "delta").worst_index[1] == 1
+    assert res.passed()
+    assert not res.passed(strict=True)
+
+
+def test_max_pool_tie_is_a_kink() -> None:
+    net = build([MaxPool(2, name="pool"), Flatten(name="flat")], (1, 4, 4))
+    x, y = batch(net, SoftmaxCrossEntropy(), m=2)
+    x[0, 0, 0, 0] = x[0, 0, 0, 1] = np.abs(x[0, 0, :2, :2]).max() + 1.0  # a tie for the max of a window
+    res = gradcheck(net, SoftmaxCrossEntropy(), x, y)
+    row = res.row("input", "input")
+    assert row.status == KINK and row.n_fail == 0
+    assert row.worst_index in {(0, 0, 0, 0), (0, 0, 0, 1)}
+    assert {s for k, s in statuses(res).items() if k != ("input", "input")} == {PASS}
+    assert res.passed() and not res.passed(strict=True)
+
+
+def test_a_real_error_next_to_a_kink_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kinks are decided from signatures, never from the error size."""
+    net = build([Flatten(name="flat"), Dense(4, name="hidden"), ReLU(name="relu")], (3,))
+    net.layer("hidden").params["W"][1] = 0.0
+    net.layer("hidden").params["b"][1] = 0.0
+    x, y = batch(net, MSE())
+    grads, _, _ = clean_gradients(net, MSE(), x, y)
+    index = argmax_index(grads["hidden"]["W"])
+    inject(monkeypatch, net.layer("hidden"), "W", index)
+    row = gradcheck(net, MSE(), x, y).row("hidden", "W")
+    assert row.status == FAIL and row.worst_index == index and row.n_fail == 1 and row.n_kink >= 1
+
+
+# ---- methods -----------------------------------------------------------------------------------------
+def analytic_net(seed: int = 0) -> Sequential:
+    """Conv, tanh, mean pool, subsample, dense, sigmoid, dense: holomorphic throughout."""
+    layers = [
+        Conv2D(3, 3, padding=1, name="conv"),
+        Tanh(name="tanh"),
+        MeanPool(2, name="pool"),
+        Subsample(1, name="sub"),
+        Flatten(name="flat"),
+        Dense(5, name="hidden"),
+        Sigmoid(name="sig"),
+    ]
+    return build(layers, (2, 6, 6), seed)
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES, ids=lambda c: c.name)
+def test_complex_step_agrees_with_richardson(loss_cls: type[Loss]) -> None:
+    loss = loss_cls()
+    net = analytic_net()
+    x, y = batch(net, loss)
+    # Unsaturated units: the analytic tanh'/sigmoid' (1 − y², y(1 − y)) lose relative accuracy
+    # as y → ±1 (at |z| ≈ 9 only ~1e-10 is left), which complex-step would rightly report.
+    x *= 0.5
+    c = gradcheck(net, loss, x, y, method="complex")
+    r = gradcheck(net, loss, x, y, method="richardson")
+    assert c.method == "complex" and c.passed(strict=True) and r.passed(strict=True)
+    assert max(row.max_rel_error for row in c.rows) <= 1e-12
+    for rc, rr in zip(c.rows, r.rows, strict=True):
+        assert (rc.layer, rc.tensor) == (rr.layer, rr.tensor)
+        scale = np.abs(rc.detail.numeric).max()
+        assert np.abs(rc.detail.numeric - rr.detail.numeric).max() <= 1e-10 * scale, (rc.layer, rc.tensor)
+
+
+def test_complex_step_refuses_non_analytic_layers() -> None:
+    net = build([Flatten(name="flat"), Dense(4, name="hidden"), ReLU(name="my_relu")], (3,))
+    x, y = batch(net, MSE())
+    assert non_analytic_layers(net, MSE()) == ["my_relu"]
+    with pytest.raises(ValueError, match="my_relu"):
+        gradcheck(net, MSE(), x, y, method="complex")
+    assert gradcheck(net, MSE(), x, y, method="auto").method == "central"
+    assert gradcheck(analytic_net(), MSE(), *batch(analytic_net(), MSE()), method="auto").method == "complex"
+
+
+def test_local_box_propagation_matches_whole_map_evaluation() -> None:
+    """The crop-based fast path gives the numbers the plain full forward gives."""
+    layers = [
+        Conv2D(2, 3, stride=2, padding=2, name="c1"),
+        Tanh(name="t1"),
+        MaxPool(3, stride=2, name="p1"),
+        Conv2D(3, (2, 3), padding=(1, 2), name="c2"),
+        ReLU(name="r2"),
+        LpPool(2, stride=1, p=2.0, name="lp"),  # relu zeros: sign kinks in the Lp pool
+        MeanPool(2, stride=1, name="p2"),
+        Subsample(2, name="s2"),
+        Flatten(name="flat"),
+    ]
+    net = build(layers, (2, 15, 13))
+    x, y = batch(net, SoftmaxCrossEntropy(), m=2)
+    fast = gradcheck(net, SoftmaxCrossEntropy(), x, y)
+    slow = gradcheck(net, SoftmaxCrossEntropy(), x, y, _local=False)
+    assert fast.row("r2", "delta").detail.kink.any()  # kinks are detected on both paths
+    for a, b in zip(fast.rows, slow.rows, strict=True):
+        assert a.status == b.status != FAIL
+        # equal up to finite-difference rounding noise (the crops round differently)
+        np.testing.assert_allclose(a.detail.numeric, b.detail.numeric, rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(a.detail.kink, b.detail.kink)
+
+
+# ---- precision, caller's network, sampling --------------------------------------------------------
+def test_float32_network_is_checked_in_float64_and_left_unchanged() -> None:
+    net = build(
+        [Conv2D(2, 2, name="conv"), Sigmoid(name="act"), Flatten(name="flat")], (1, 4, 4), dtype=np.float32
+    )
+    before = {(l.name, k): (p.dtype, p.tobytes()) for l in net.layers for k, p in l.params.items()}
+    x, y = batch(net, MSE())
+    res = gradcheck(net, MSE(), x.astype(np.float32), y)
+    assert res.cast_from == "float32"
+    assert res.passed(strict=True)
+    after = {(l.name, k): (p.dtype, p.tobytes()) for l in net.layers for k, p in l.params.items()}
+    assert after == before
+
+
+def test_float64_network_params_are_restored_bit_for_bit() -> None:
+    net = analytic_net()
+    before = {(l.name, k): (p, p.tobytes()) for l in net.layers for k, p in l.params.items()}
+    x, y = batch(net, MSE())
+    for method in ("central", "richardson", "complex"):
+        res = gradcheck(net, MSE(), x, y, method=method)
+        assert res.cast_from is None
+    for l in net.layers:
+        for k, p in l.params.items():
+            array, raw = before[(l.name, k)]
+            assert p is array and p.tobytes() == raw
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_sampling_checks_k_elements_including_the_largest(k: int) -> None:
+    net = analytic_net()
+    x, y = batch(net, MSE())
+    grads, deltas, dx = clean_gradients(net, MSE(), x, y)
+    res = gradcheck(net, MSE(), x, y, per_tensor=k, rng=np.random.default_rng(7))
+    for row in res.rows:
+        assert row.checked == min(k, row.total)
+        assert len(set(row.detail.index.tolist())) == row.checked
+        if row.tensor == "input":
+            analytic = dx
+        elif row.tensor == "delta":
+            analytic = deltas[row.layer]
+        else:
+            analytic = grads[row.layer][row.tensor]
+        assert int(np.argmax(np.abs(analytic))) in row.detail.index
+
+
+def test_layer_selection_and_input_row() -> None:
+    net = analytic_net()
+    x, y = batch(net, MSE())
+    res = gradcheck(net, MSE(), x, y, layers=["hidden"])
+    assert [(r.layer, r.tensor) for r in res.rows] == [("hidden", "W"), ("hidden", "b"), ("hidden", "delta")]
+    assert [r.tensor for r in gradcheck(net, MSE(), x, y, layers=["input"]).rows] == ["input"]
+    with pytest.raises(ValueError, match="nope"):
+        gradcheck(net, MSE(), x, y, layers=["nope"])
+
+
+def test_large_networks_are_sampled_by_default() -> None:
+    net = build([Flatten(name="flat"), Dense(200, name="wide")], (120,))  # 24,200 + 603 parameters
+    x, y = batch(net, MSE(), m=2)
+    res = gradcheck(net, MSE(), x, y, layers=["wide"])
+    assert [(r.tensor, r.checked) for r in res.rows] == [("W", 64), ("b", 64), ("delta", 64)]
+    assert res.passed(strict=True)
+    small = analytic_net()
+    forced = gradcheck(small, MSE(), *batch(small, MSE()), per_tensor=5, check_all=True)
+    assert all(r.checked == r.total for r in forced.rows)
