@@ -1,0 +1,517 @@
+"""Terminal pictures of arrays: number matrices, heatmaps, vectors, statistics and line charts.
+
+Pure rendering helpers: every function takes NumPy arrays or plain numbers and returns a list of
+:class:`rich.text.Text` lines, each at most ``width`` cells wide.  Nothing here prints, reads files or
+knows about checkpoints.  Colour is a parameter: with ``color=False`` the output carries no styles, so a
+console without a colour system prints it as plain text (heatmaps then use signed shade characters).
+
+Conventions, as in the seeds' worked examples: rows and columns of a matrix are labelled from 1
+(``δ₁₁`` is row 1, column 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rich.text import Text
+
+SHADES = " ░▒▓█"  # |value| / scale in (0, ¼], (¼, ½], (½, ¾], (¾, 1]; blank for exactly 0
+ELLIPSIS = "…"
+_WHITE = (247, 247, 247)
+_BLUE = (33, 102, 172)  # negative end of the diverging palette (ColorBrewer RdBu)
+_RED = (178, 24, 43)  # positive end
+
+
+# ---- numbers --------------------------------------------------------------------------------------------
+
+
+def exponent_for(values: np.ndarray) -> int:
+    """The power of ten an array is printed in units of: 0 when its largest finite |value| is in
+    [0.01, 1e5) (or the array is all zero), else that value's decimal exponent.
+
+    A whole array shares one exponent so its columns line up; the numbers shown are value / 10^e with a
+    ``× 1e-04``-style note (:func:`factor_note`), as MATLAB and Octave print small matrices.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    finite = np.abs(arr[np.isfinite(arr)])
+    if not finite.size:
+        return 0
+    top = float(finite.max())
+    if top == 0.0 or 0.01 <= top < 1e5:
+        return 0
+    return math.floor(math.log10(top))
+
+
+def factor_note(exponent: int) -> str:
+    """``× 1e-04`` for a non-zero exponent, empty for 0."""
+    return f"× 1e{exponent:+03d}" if exponent else ""
+
+
+def format_values(values: np.ndarray, precision: int, exponent: int = 0) -> np.ndarray:
+    """Every element of ``values / 10**exponent`` as fixed-point text with ``precision`` decimals."""
+    arr = np.asarray(values, dtype=np.float64)
+    if exponent:
+        arr = arr / 10.0**exponent
+    spec = f".{precision}f"
+    zero = format(0.0, spec)
+    flat = [format(float(v), spec) for v in arr.ravel()]
+    flat = [zero if t == "-" + zero else t for t in flat]  # "-0.0000" says no more than "0.0000"
+    return np.array(flat, dtype=object).reshape(arr.shape)
+
+
+def plain_number(value: float, precision: int, exponent: int = 0) -> str:
+    """One number in full: fixed with ``precision`` decimals, or scientific when ``exponent`` is not 0."""
+    spec = f".{precision}e" if exponent else f".{precision}f"
+    text = format(float(value), spec)
+    zero = format(0.0, spec)
+    return zero if text == "-" + zero else text
+
+
+def scalar(value: float, precision: int = 4) -> str:
+    """One number with ``precision`` significant digits (``-`` when NaN or infinite is not meant)."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if math.isnan(v):
+        return "nan"
+    return format(v, f".{max(precision, 1)}g")
+
+
+def array_stats(values: np.ndarray) -> dict[str, float]:
+    """min, max, mean and the L2 norm ‖·‖ of an array (NaN for an empty one)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {"min": math.nan, "max": math.nan, "mean": math.nan, "norm": math.nan}
+    return {
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "mean": float(arr.mean()),
+        "norm": float(np.sqrt(np.sum(arr * arr))),
+    }
+
+
+def stats_lines(
+    values: np.ndarray, precision: int, width: int, prefix: str = "", exponent: int | None = None
+) -> list[Text]:
+    """``min … max … mean … ‖·‖ …`` packed into as few lines of at most ``width`` cells as fit.
+
+    The statistics are printed in full (scientific when the array is printed with an exponent), so they
+    never need the ``× 1e…`` note to be read.
+    """
+    s = array_stats(values)
+    e = exponent_for(values) if exponent is None else exponent
+    labels = (("min", "min"), ("max", "max"), ("mean", "mean"), ("‖·‖", "norm"))
+    items = [f"{label} {plain_number(s[key], precision, e)}" for label, key in labels]
+    return [Text(line, style="dim") for line in pack(items, width, first=prefix)]
+
+
+def pack(items: Sequence[str], width: int, first: str = "", sep: str = "  ") -> list[str]:
+    """Join ``items`` with ``sep`` into lines no wider than ``width``; ``first`` prefixes the first line."""
+    lines: list[str] = []
+    line, started = first, False
+    for item in items:
+        candidate = line + (sep if started else "") + item
+        if started and len(candidate) > width:
+            lines.append(line)
+            line = item
+        else:
+            line = candidate
+        started = True
+    if started or line:
+        lines.append(line)
+    return [clip(x, width) for x in lines]
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells with a trailing ``…`` when it is longer."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + ELLIPSIS
+
+
+def clip_left(text: str, width: int) -> str:
+    """``text`` cut to its last ``width`` cells with a leading ``…`` (for paths: the file name stays)."""
+    return text if len(text) <= width else ELLIPSIS + text[len(text) - max(width - 1, 0) :]
+
+
+# ---- matrices and vectors as numbers ----------------------------------------------------------------------
+
+
+def number_matrix(values: np.ndarray, precision: int, width: int, exponent: int = 0) -> list[Text]:
+    """A 2-D array as right-aligned numbers with 1-based row and column labels.
+
+    The numbers are ``value / 10**exponent`` (the caller shows :func:`factor_note`).  Columns that do
+    not fit ``width`` continue in further blocks below, each with its own column header, so every value
+    is shown and no line is wider than ``width``.
+    """
+    m = np.atleast_2d(np.asarray(values))
+    h, w = m.shape
+    cells = format_values(m, precision, exponent)
+    label_w = len(str(h))
+    cell_w = max(max((len(t) for t in cells.ravel()), default=1), len(str(w))) + 2
+    per_block = max(1, (width - label_w) // cell_w)
+    lines: list[Text] = []
+    for start in range(0, w, per_block):
+        stop = min(w, start + per_block)
+        if start:
+            lines.append(Text(""))
+        header = " " * label_w + "".join(str(j + 1).rjust(cell_w) for j in range(start, stop))
+        lines.append(Text(header, style="dim"))
+        for i in range(h):
+            row = Text()
+            row.append(str(i + 1).rjust(label_w), style="dim")
+            row.append("".join(cells[i, j].rjust(cell_w) for j in range(start, stop)))
+            lines.append(row)
+    return lines
+
+
+def vector_lines(
+    values: np.ndarray, precision: int, width: int, max_lines: int | None = None, exponent: int = 0
+) -> list[Text]:
+    """A 1-D array as rows of numbers, each row labelled with the 1-based index of its first value.
+
+    The numbers are ``value / 10**exponent``.  With ``max_lines`` the rows stop there and a last line
+    says how many values were left out.
+    """
+    v = np.ravel(np.asarray(values))
+    n = v.size
+    if n == 0:
+        return [Text("(empty)", style="dim")]
+    cells = format_values(v, precision, exponent)
+    label_w = len(str(n)) + 1
+    cell_w = max(len(t) for t in cells) + 2
+    per_line = max(1, (width - label_w) // cell_w)
+    lines: list[Text] = []
+    for start in range(0, n, per_line):
+        if max_lines is not None and len(lines) >= max_lines:
+            left = n - start
+            lines.append(Text(f"{ELLIPSIS} {left} more values (--full shows all)", style="dim"))
+            break
+        row = Text()
+        row.append(f"{start + 1}:".rjust(label_w), style="dim")
+        row.append("".join(t.rjust(cell_w) for t in cells[start : start + per_line]))
+        lines.append(row)
+    return lines
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+
+
+def text_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    width: int,
+    *,
+    right: Sequence[bool] | None = None,
+    styles: Sequence[str] | None = None,
+) -> list[Text]:
+    """A plain table: a bold header, a rule, then the rows; columns two spaces apart (one when tight).
+
+    ``right`` says which columns are right-aligned (numbers); ``styles`` gives each row a style.  A
+    table that still does not fit ``width`` has its lines cut with ``…``.
+    """
+    n = len(headers)
+    right = list(right) if right is not None else [False] * n
+    widths = [max([len(headers[k])] + [len(r[k]) for r in rows]) for k in range(n)]
+    gap = 2 if sum(widths) + 2 * (n - 1) <= width else 1
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return clip((" " * gap).join(parts).rstrip(), width)
+
+    total = min(width, sum(widths) + gap * (n - 1))
+    out = [Text(line(headers), style="bold"), Text("─" * total, style="dim")]
+    for i, r in enumerate(rows):
+        out.append(Text(line(r), style=styles[i] if styles else ""))
+    return out
+
+
+# ---- heatmaps ---------------------------------------------------------------------------------------------
+
+
+def heat_rgb(t: float) -> tuple[int, int, int]:
+    """The diverging palette at ``t`` in [-1, 1]: blue for negative, near white at 0, red for positive."""
+    t = max(-1.0, min(1.0, t))
+    end = _BLUE if t < 0 else _RED
+    a = abs(t)
+    return tuple(round(w + (e - w) * a) for w, e in zip(_WHITE, end, strict=True))  # type: ignore[return-value]
+
+
+def shade(value: float, scale: float) -> str:
+    """Two plain characters for one heatmap cell: the sign and a shade of ``|value| / scale``."""
+    if not math.isfinite(value):
+        return " ?"
+    if value == 0 or scale <= 0:
+        return "  "
+    level = min(4, max(1, math.ceil(abs(value) / scale * 4)))
+    return ("-" if value < 0 else "+") + SHADES[level]
+
+
+def heat_scale(values: np.ndarray) -> float:
+    """The largest finite |value| of an array (0 when there is none): the heatmap's full-colour point."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
+
+
+def heatmap(
+    values: np.ndarray, *, scale: float, color: bool, width: int, max_rows: int | None = None
+) -> list[Text]:
+    """A 2-D array as a heatmap, two cells per value, rows and columns labelled from 1.
+
+    ``scale`` is the |value| drawn at full strength (share it between maps to compare them).  Colour:
+    a diverging background, blue < 0 < red.  Without colour: a sign and a shade from ``░▒▓█``.
+    Columns beyond ``width`` and rows beyond ``max_rows`` are cut, with a line saying how many.
+    """
+    m = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    h, w = m.shape
+    label_w = len(str(h))
+    fit = max(1, (width - label_w - 1) // 2)
+    cols = min(w, fit)
+    rows = h if max_rows is None else min(h, max_rows)
+    lines = [Text(" " * (label_w + 1) + _column_ticks(cols), style="dim")]
+    for i in range(rows):
+        line = Text()
+        line.append(str(i + 1).rjust(label_w) + " ", style="dim")
+        for j in range(cols):
+            v = float(m[i, j])
+            if color:
+                if math.isfinite(v):
+                    r, g, b = heat_rgb(v / scale if scale > 0 else 0.0)
+                    line.append("  ", style=f"on rgb({r},{g},{b})")
+                else:
+                    line.append(" ?", style="bold")
+            else:
+                line.append(shade(v, scale))
+        lines.append(line)
+    cut = []
+    if cols < w:
+        cut.append(f"{w - cols} more columns")
+    if rows < h:
+        cut.append(f"{h - rows} more rows")
+    if cut:
+        lines.append(
+            Text(clip(f"{ELLIPSIS} {', '.join(cut)} (--full prints every value)", width), style="dim")
+        )
+    return lines
+
+
+def _column_ticks(cols: int) -> str:
+    """Column numbers 1, 5, 10, 15, … placed over two-cell-wide heatmap columns."""
+    out = [" "] * (2 * cols)
+    marks = [1] + list(range(5, cols + 1, 5))
+    for j in marks:
+        label = str(j)
+        pos = 2 * (j - 1)
+        if pos + len(label) <= len(out) and all(c == " " for c in out[max(pos - 1, 0) : pos + len(label)]):
+            out[pos : pos + len(label)] = list(label)
+    return "".join(out).rstrip()
+
+
+def heat_legend(scale: float, precision: int, color: bool, width: int) -> list[Text]:
+    """One line explaining a heatmap's colours or shades and its scale."""
+    top = scalar(scale, precision)
+    if scale <= 0:
+        return [Text("scale: every value is 0 (blank map)")]
+    if color:
+        line = Text("scale ")
+        line.append(f"-{top} ")
+        for k in range(-5, 6):
+            r, g, b = heat_rgb(k / 5)
+            line.append("  ", style=f"on rgb({r},{g},{b})")
+        line.append(f" +{top}")
+        if len(line.plain) > width:
+            line = Text(clip(f"scale: blue -{top} … 0 … red +{top}", width))
+        return [line]
+    text = f"scale: sign, then shade of |value|/{top}: ░ ≤¼ ▒ ≤½ ▓ ≤¾ █ ≤1, blank = 0"
+    return [Text(clip(text, width))]
+
+
+# ---- layout ---------------------------------------------------------------------------------------------
+
+
+def side_by_side(blocks: Sequence[Sequence[Text]], width: int, gap: int = 3) -> list[Text]:
+    """Lay blocks of lines in rows across ``width``, as many per row as fit (at least one)."""
+    out: list[Text] = []
+    row: list[Sequence[Text]] = []
+    row_w = 0
+    for block in blocks:
+        bw = block_width(block)
+        need = bw if not row else row_w + gap + bw
+        if row and need > width:
+            out.extend(_join(row, gap))
+            out.append(Text(""))
+            row, row_w = [], 0
+            need = bw
+        row.append(block)
+        row_w = need
+    if row:
+        out.extend(_join(row, gap))
+    return out
+
+
+def block_width(block: Sequence[Text]) -> int:
+    return max((len(line.plain) for line in block), default=0)
+
+
+def _join(row: Sequence[Sequence[Text]], gap: int) -> list[Text]:
+    if len(row) == 1:
+        return list(row[0])
+    widths = [block_width(b) for b in row]
+    height = max(len(b) for b in row)
+    lines = []
+    for i in range(height):
+        line = Text()
+        for k, block in enumerate(row):
+            part = block[i] if i < len(block) else Text("")
+            if k:
+                line.append(" " * gap)
+            piece = part.copy()
+            if k < len(row) - 1:
+                piece.pad_right(widths[k] - len(piece.plain))
+            line.append_text(piece)
+        line.rstrip()
+        lines.append(line)
+    return lines
+
+
+# ---- line charts ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """One curve: points ``(x, y)`` (non-finite y skipped), drawn with ``marker`` in ``style``."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    marker: str
+    style: str = ""
+
+
+OVERLAP = "#"  # a chart cell where two curves meet
+
+
+def line_chart(
+    series: Sequence[Series],
+    *,
+    width: int,
+    height: int = 9,
+    title: str = "",
+    y_format: Callable[[float], str] = lambda v: format(v, ".4g"),
+    x_label: str = "epoch",
+    color: bool = True,
+    log_y: bool = False,
+    max_plot_width: int = 64,
+) -> list[Text]:
+    """A character chart of one or more curves over a shared x axis (points joined by interpolation).
+
+    The title line carries a legend (marker and label per series, and ``#`` where curves share a
+    cell); the y axis is labelled at its top, middle and bottom; the x axis gets a few round ticks.
+    With ``log_y`` the y axis is logarithmic (non-positive values are skipped).
+    """
+    pts = []
+    for s in series:
+        x = np.asarray(s.x, dtype=np.float64)
+        y = np.asarray(s.y, dtype=np.float64)
+        keep = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
+        pts.append((s, x[keep], np.log10(y[keep]) if log_y else y[keep]))
+    head = Text(title + ("  (log scale)" if log_y else ""), style="bold")
+    if not any(x.size for _, x, _ in pts):
+        head.append("  (no data)", style="dim")
+        return [head]
+    xs = np.concatenate([x for _, x, _ in pts if x.size])
+    ys = np.concatenate([y for _, _, y in pts if y.size])
+    x0, x1 = float(xs.min()), float(xs.max())
+    y0, y1 = float(ys.min()), float(ys.max())
+    if y1 == y0:
+        pad = (abs(y0) * 0.05 or 0.5) if not log_y else 0.5
+        y0, y1 = y0 - pad, y1 + pad
+
+    def shown(v: float) -> str:
+        return y_format(10.0**v if log_y else v)
+
+    labels = [shown(y1), shown((y0 + y1) / 2), shown(y0)]
+    label_w = max(len(s) for s in labels)
+    cols = max(2, min(max_plot_width, width - label_w - 2))
+    grid: list[list[tuple[str, str, int]]] = [[(" ", "", -1)] * cols for _ in range(height)]
+    overlap = False
+
+    def col_of(x: float) -> int:
+        return 0 if x1 == x0 else round((x - x0) / (x1 - x0) * (cols - 1))
+
+    def row_of(y: float) -> int:
+        return round((y1 - y) / (y1 - y0) * (height - 1))
+
+    def put(r: int, c: int, k: int, s: Series) -> None:
+        nonlocal overlap
+        owner = grid[r][c][2]
+        if owner not in (-1, k):
+            grid[r][c] = (OVERLAP, "bold", k)
+            overlap = True
+        elif grid[r][c][0] != OVERLAP:
+            grid[r][c] = (s.marker, s.style, k)
+
+    for k, (s, x, y) in enumerate(pts):
+        if not x.size:
+            continue
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        for c in range(col_of(float(x[0])), col_of(float(x[-1])) + 1):
+            xc = x0 + (x1 - x0) * c / (cols - 1) if x1 != x0 else x0
+            put(row_of(float(np.interp(xc, x, y))), c, k, s)
+
+    title_line = head
+    title_line.append("  ")
+    for s, x, _ in pts:
+        if x.size:
+            title_line.append(f"  {s.marker} ", style=s.style if color else "")
+            title_line.append(s.label)
+    if overlap:
+        title_line.append(f"  {OVERLAP} both")
+    if len(title_line.plain) > width:
+        title_line = Text(clip(title_line.plain, width))
+    lines = [title_line]
+    mid = (height - 1) // 2
+    for r in range(height):
+        label = labels[0] if r == 0 else labels[2] if r == height - 1 else labels[1] if r == mid else ""
+        tick = "┤" if label else "│"
+        line = Text()
+        line.append(label.rjust(label_w) + " " + tick, style="dim")
+        for ch, style, _ in grid[r]:
+            line.append(ch, style=style if color else "")
+        line.rstrip()
+        lines.append(line)
+    axis = ["─"] * cols
+    under = [" "] * (cols + 8)
+    for t in _x_ticks(x0, x1):
+        c = col_of(t)
+        axis[c] = "┬"
+        text = format(t, "g")
+        if all(ch == " " for ch in under[max(c - 1, 0) : c + len(text) + 1]):
+            under[c : c + len(text)] = list(text)
+    lines.append(Text(" " * label_w + " └" + "".join(axis), style="dim"))
+    xl = "".join(under).rstrip()
+    tail = f"  {x_label}" if label_w + 2 + len(xl) + 2 + len(x_label) <= width else ""
+    lines.append(Text(clip(" " * (label_w + 2) + xl + tail, width), style="dim"))
+    return lines
+
+
+def _x_ticks(x0: float, x1: float, most: int = 6) -> list[float]:
+    """Round tick values between x0 and x1 (steps of 1, 2, 5 × 10^k), at most ``most`` of them."""
+    if x1 <= x0:
+        return [x0]
+    span = x1 - x0
+    step = 1.0
+    for k in range(0, 12):
+        for m in (1, 2, 5):
+            step = m * 10.0**k
+            if span / step + 1 <= most:
+                break
+        else:
+            continue
+        break
+    first = math.ceil(x0 / step) * step
+    ticks = list(np.arange(first, x1 + step / 2, step))
+    return [float(t) for t in ticks]
