@@ -337,7 +337,7 @@ def _parse_key(key: str, place: str) -> list[str | int]:
     return parts
 
 
-def _apply_override(raw: dict, text: str) -> None:
+def apply_override(raw: dict, text: str) -> None:
     """Apply one ``KEY=VALUE`` (VALUE parsed as YAML) to the raw config dict in place."""
     place = "--set " + " ".join(text.split("\n"))
     key, sep, value_text = text.partition("=")
@@ -407,7 +407,7 @@ def load_config(
     path = default_config_path() if path is None else Path(path).expanduser()
     raw = _read_yaml(path)
     for text in overrides:
-        _apply_override(raw, text)
+        apply_override(raw, text)
     if name is not None:
         raw["name"] = name
     if seed is not None:
