@@ -22,7 +22,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
-from cnnbp_cli import __version__, train  # noqa: E402
+from cnnbp_cli import __version__, bench, export, gradcheck, inspect, train  # noqa: E402
 from cnnbp_cli.errors import UserError  # noqa: E402
 from cnnbp_cli.render import print_error  # noqa: E402
 
@@ -67,10 +67,10 @@ def _root(
 
 # ---- commands: one module each, one line each ---------------------------------------------------------
 app.command("train")(train.train)
-# app.command("gradcheck")(gradcheck.gradcheck)
-# app.command("inspect")(inspect.inspect)
-# app.command("export")(export.export)
-# app.command("bench")(bench.bench)
+app.command("gradcheck")(gradcheck.gradcheck)
+app.command("inspect")(inspect.inspect)
+app.command("export")(export.export)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

@@ -83,9 +83,8 @@ class Explicit(Initializer):
     def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
         if self.values.shape != tuple(shape):
             layer, _, key = where.rpartition(".")
-            raise ShapeError(
-                layer or "init", f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"
-            )
+            problem = f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"
+            raise ShapeError(layer or "init", problem)
         return self.values.astype(dtype, copy=True)
 
     def __repr__(self) -> str:

@@ -55,7 +55,9 @@ class Sequential:
         for layer in self.layers:
             out = layer.output_shape(shape)
             if any(s < 1 for s in out):
-                raise ShapeError(layer.name, f"leaves no output for the {_fmt(shape)} input (output {_fmt(out)})")
+                raise ShapeError(
+                    layer.name, f"leaves no output for the {_fmt(shape)} input (output {_fmt(out)})"
+                )
             rows.append(LayerInfo(layer.name, layer.kind, shape, out, layer.param_shapes(shape)))
             shape = out
         return rows
@@ -71,7 +73,7 @@ class Sequential:
     def build(self, rng: np.random.Generator, dtype: np.dtype | type = np.float32) -> Sequential:
         """Initialise every parameter (in layer order, drawing from ``rng``)."""
         self.dtype = np.dtype(dtype)
-        for info, layer in zip(self.summary(), self.layers):
+        for info, layer in zip(self.summary(), self.layers, strict=True):
             layer.build(info.input_shape, rng, self.dtype)
         return self
 
@@ -84,7 +86,9 @@ class Sequential:
     # ---- computation ------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1:] != self.input_shape:
-            raise ShapeError("input", f"expected samples of shape {_fmt(self.input_shape)}, got {_fmt(x.shape[1:])}")
+            raise ShapeError(
+                "input", f"expected samples of shape {_fmt(self.input_shape)}, got {_fmt(x.shape[1:])}"
+            )
         for layer in self.layers:
             x = layer.forward(x)
         return x

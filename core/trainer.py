@@ -2,11 +2,21 @@
 
 Reproducible shuffling without carried state: the sample order of epoch ``e`` (1-based) is
 ``np.random.default_rng([seed, e]).permutation(N)``, so an epoch's order depends only on the seed and
-the epoch number, and a run resumed at an epoch boundary replays exactly the same batches.
+the epoch number, and a run resumed at an epoch boundary replays exactly the same batches.  A run
+resumed mid-epoch passes :class:`EpochProgress` (batches done, running loss sum and correct count) to
+``run_epoch``, which recomputes the epoch's order and runs only the remaining batches.
+
+Divergence: after each batch's gradients and *before* the update, the batch loss and a sum of every
+gradient array are checked for finiteness (a few reductions, cheap beside the batch itself).  When one
+is NaN or Inf, the batch is recomputed with delta recording to find the first layer, going back from
+the output, whose delta is non-finite, and :class:`Diverged` is raised with the weights still those
+before the failing batch.  With ``divergence_factor`` set, a batch loss above ``factor × first_loss``
+(the loss of the run's very first batch, at the initial weights) is divergence too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +40,38 @@ class EpochStats:
     train_acc: float
     steps: int  # optimiser updates in this epoch
     samples: int
+
+
+@dataclass
+class EpochProgress:
+    """Where a run stands inside epoch ``epoch``: batches done and the running training sums.
+
+    ``loss_sum`` is Σ batch_loss × batch_size over the batches done, ``n_correct`` their correct count:
+    with these restored, an epoch resumed in the middle reports the same train_loss and train_acc as
+    one run straight through.
+    """
+
+    epoch: int
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    n_correct: int = 0
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss or gradient, or a loss over ``divergence_factor``.
+
+    Raised before the optimiser step of the failing batch, so the weights are the last good ones.
+    ``step`` is the number the failing update would have had (1-based, counting every update of the
+    run); ``batch`` its place in the epoch (1-based) of ``batches``.  ``layer`` names the first layer,
+    going back from the output, whose delta was non-finite (None when every delta was finite).
+    """
+
+    def __init__(
+        self, epoch: int, step: int, batch: int, batches: int, loss: float, layer: str | None, reason: str
+    ) -> None:
+        self.epoch, self.step, self.batch, self.batches = epoch, step, batch, batches
+        self.loss, self.layer, self.reason = loss, layer, reason
+        super().__init__(f"diverged in epoch {epoch} at step {step} (batch {batch} of {batches}): {reason}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +123,7 @@ class Trainer:
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
+        divergence_factor: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -90,7 +133,15 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
+        self.divergence_factor = divergence_factor
         self.step = 0
+        #: the loss of the run's first batch (NaN before it): the reference of ``divergence_factor``
+        self.first_loss = float("nan")
+        #: the epoch being run, updated after every completed batch (None between epochs)
+        self.progress: EpochProgress | None = None
+        #: True from the start of an optimiser update until its bookkeeping is done: an exception
+        #: that lands then (a second Ctrl-C) leaves weights that match no step, not to be saved
+        self.mid_update = False
         self._keep = _KeepOutput(loss)
 
     def order(self, n: int, epoch: int) -> np.ndarray | None:
@@ -100,20 +151,34 @@ class Trainer:
         return np.random.default_rng([self.seed, epoch]).permutation(n)
 
     def run_epoch(
-        self, x: np.ndarray, y: np.ndarray, epoch: int, on_batch: BatchCallback | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        epoch: int,
+        on_batch: BatchCallback | None = None,
+        resume: EpochProgress | None = None,
     ) -> EpochStats:
-        """One pass over ``(x, y)`` in batches of ``batch_size`` (last one smaller); one update each."""
+        """One pass over ``(x, y)`` in batches of ``batch_size`` (last one smaller); one update each.
+
+        With ``resume`` (an :class:`EpochProgress` of this epoch) the first ``resume.batches_done``
+        batches are skipped and the training sums continue from its values.  ``self.progress`` tracks
+        the epoch after every batch, so whoever stops the loop (an exception from ``on_batch``) can
+        save the exact position.  Raises :class:`Diverged` before an update that would break the run.
+        """
         n = x.shape[0]
         if n == 0 or y.shape[0] != n:
             raise ValueError(f"need matching non-empty x and y, got {n} and {y.shape[0]} samples")
         order = self.order(n, epoch)
         bs = self.batch_size
         n_batches = -(-n // bs)
+        start = EpochProgress(epoch) if resume is None else resume
+        if start.epoch != epoch or not 0 <= start.batches_done <= n_batches:
+            raise ValueError(f"cannot resume epoch {epoch} from {start}")
+        progress = self.progress = EpochProgress(epoch, start.batches_done, start.loss_sum, start.n_correct)
         net, keep, opt = self.net, self._keep, self.optimizer
         params, grads = net.parameters(), net.grads()
-        loss_sum = 0.0
-        n_correct = 0
-        for i in range(n_batches):
+        factor = self.divergence_factor
+        for i in range(start.batches_done, n_batches):
             lo, hi = i * bs, min(n, (i + 1) * bs)
             if order is None:
                 xb, yb = x[lo:hi], y[lo:hi]  # views: no copy
@@ -121,14 +186,72 @@ class Trainer:
                 idx = order[lo:hi]
                 xb, yb = x[idx], y[idx]  # the one copy of the batch
             batch_loss = net.gradients(xb, yb, keep, input_grad=False)  # training never uses ∂L/∂x
+            if not (math.isfinite(batch_loss) and _all_finite(grads)):
+                keep.out = None
+                raise self._diverged(epoch, i + 1, n_batches, xb, yb, batch_loss)
+            if math.isnan(self.first_loss):
+                self.first_loss = batch_loss
+            elif factor is not None and self.first_loss > 0 and batch_loss > factor * self.first_loss:
+                keep.out = None
+                reason = (
+                    f"loss {batch_loss:.6g} is over divergence_factor {factor:g} × the first batch's loss "
+                    f"{self.first_loss:.6g}"
+                )
+                raise Diverged(epoch, self.step + 1, i + 1, n_batches, batch_loss, None, reason)
+            correct = correct_count(keep.out, yb)
+            self.mid_update = True
             opt.step(params, grads)
             self.step += 1
-            loss_sum += batch_loss * (hi - lo)
-            n_correct += correct_count(keep.out, yb)
+            progress.loss_sum += batch_loss * (hi - lo)
+            progress.n_correct += correct
+            progress.batches_done = i + 1
+            self.mid_update = False
             if on_batch is not None:
                 on_batch(i + 1, n_batches, batch_loss)
         keep.out = None  # do not pin the last batch's activations
-        return EpochStats(epoch, loss_sum / n, n_correct / n, n_batches, n)
+        self.progress = None
+        return EpochStats(epoch, progress.loss_sum / n, progress.n_correct / n, n_batches, n)
+
+    def _diverged(
+        self, epoch: int, batch: int, batches: int, x: np.ndarray, y: np.ndarray, batch_loss: float
+    ) -> Diverged:
+        """Recompute a failing batch with recording and say where it first went non-finite.
+
+        The layer named is the first one, going back from the output, whose delta holds NaN or Inf;
+        failing that, the last layer with a non-finite gradient; failing that (a loss that overflowed
+        on finite outputs), the output layer.  The first layer whose forward output is non-finite is
+        added when there is one.
+        """
+        what = "loss" if not math.isfinite(batch_loss) else "gradient"
+        recorded: list[tuple[str, bool]] = []  # output → input, as backward visits the layers
+
+        def record(name: str, delta: np.ndarray) -> None:
+            recorded.append((name, bool(np.isfinite(delta).all())))
+
+        with np.errstate(all="ignore"):
+            self.net.gradients(x, y, self.loss, record, input_grad=False)
+            forward_bad, out_max = _forward_check(self.net, x)
+        layer = next((name for name, ok in recorded if not ok), None)
+        bad_grads = [
+            name
+            for name, group in self.net.grads().items()
+            if not all(np.isfinite(g).all() for g in group.values())
+        ]
+        if layer is not None:
+            where = f"first non-finite delta at layer {layer} (going back from the output)"
+        elif bad_grads:
+            layer = bad_grads[-1]
+            where = f"every delta is finite, the gradient of layer {layer} is not"
+        else:
+            layer = self.net.layers[-1].name
+            where = (
+                f"every delta is finite: the loss overflowed on the outputs of layer {layer} "
+                f"(largest |output| {out_max:.3g})"
+            )
+        if forward_bad is not None:
+            where += f"; the forward pass first went non-finite at {forward_bad}"
+        reason = f"{what} is {_fmt_value(batch_loss) if what == 'loss' else 'non-finite'}; {where}"
+        return Diverged(epoch, self.step + 1, batch, batches, batch_loss, layer, reason)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None) -> tuple[float, float]:
         """Mean loss and accuracy over ``(x, y)`` at the current weights, in batches, no gradients.
@@ -159,3 +282,30 @@ class Trainer:
         deltas = {layer.name: recorded[layer.name] for layer in self.net.layers}
         grads = {name: {k: g.copy() for k, g in group.items()} for name, group in self.net.grads().items()}
         return ProbeResult(grads, deltas, loss)
+
+
+def _all_finite(grads: Params) -> bool:
+    """True when no gradient holds NaN or Inf (one sum per array; a full check only if a sum is Inf)."""
+    for group in grads.values():
+        for g in group.values():
+            if not np.isfinite(g.sum()) and not np.isfinite(g).all():  # a finite array can sum to Inf
+                return False
+    return True
+
+
+def _forward_check(net: Sequential, x: np.ndarray) -> tuple[str | None, float]:
+    """The first layer, from the input, whose forward output holds NaN or Inf (None when none does),
+    and the largest finite magnitude of the network's output."""
+    if not np.isfinite(x).all():
+        return "the input", math.nan
+    bad = None
+    for layer in net.layers:
+        x = layer.forward(x)
+        if bad is None and not np.isfinite(x).all():
+            bad = layer.name
+    finite = np.abs(x[np.isfinite(x)])
+    return bad, float(finite.max()) if finite.size else math.nan
+
+
+def _fmt_value(v: float) -> str:
+    return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")

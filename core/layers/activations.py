@@ -27,8 +27,7 @@ class Sigmoid(Layer):
         y = self._saved()
         dx = 1.0 - y
         dx *= y
-        dx *= dy
-        return dx
+        return _times(dx, dy)
 
 
 class Tanh(Layer):
@@ -43,7 +42,9 @@ class Tanh(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._saved()
-        return dy * (1.0 - y * y)
+        dx = y * y
+        np.subtract(1.0, dx, out=dx)
+        return _times(dx, dy)
 
 
 class ReLU(Layer):
@@ -55,7 +56,7 @@ class ReLU(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._x = x
         self._mask = x > 0
-        return np.maximum(x, 0, dtype=x.dtype)
+        return np.maximum(x, 0, dtype=x.dtype)  # a NaN input stays NaN
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """``dy · [x > 0]``; a non-finite ``dy`` at a dead input gives NaN there (finite dy: 0).
@@ -82,6 +83,14 @@ class Identity(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self._saved()
         return dy
+
+
+def _times(g: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``g · dy`` into ``g`` (a new array of the layer's) when that keeps the result's dtype."""
+    if np.result_type(g, dy) == g.dtype:
+        g *= dy
+        return g
+    return g * dy
 
 
 ACTIVATIONS: dict[str, type[Layer]] = {

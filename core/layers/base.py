@@ -11,6 +11,9 @@ from core.init import Initializer, Zeros
 
 Shape = tuple[int, ...]
 
+#: Largest scratch array a layer keeps between calls (bigger ones are allocated per call).
+WORK_CACHE_BYTES = 64 * 2**20
+
 
 class Layer:
     """A network layer.
@@ -106,11 +109,14 @@ class Layer:
         them every step avoids returning their pages to the OS and faulting them back.
         Only internal temporaries come from here — never an array returned to a caller —
         and a later call may overwrite it.  One array per role is kept: a new shape or
-        dtype (or ``tag``) replaces it.  ``zero`` zero-fills a new array, for callers
-        that never write some of its entries (a padding border); ``tag`` then names
-        whatever else decides which entries those are.
+        dtype (or ``tag``) replaces it, and arrays over ``WORK_CACHE_BYTES`` (say a
+        forward pass over a whole test set) are not kept at all.  ``zero`` zero-fills a
+        new array, for callers that never write some of its entries (a padding border);
+        ``tag`` then names whatever else decides which entries those are.
         """
         key = (tuple(shape), np.dtype(dtype), tag)
+        if int(np.prod(shape)) * key[1].itemsize > WORK_CACHE_BYTES:
+            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
         entry = self._work.get(role)
         if entry is None or entry[0] != key:
             entry = (key, np.zeros(shape, dtype) if zero else np.empty(shape, dtype))

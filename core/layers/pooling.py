@@ -18,7 +18,12 @@ def pool_output_size(size: int, window: int, stride: int) -> int:
 
 
 class _WindowPool(Layer):
-    """Shared shape logic and the scatter of per-offset gradients back to the input."""
+    """Shared shape logic and the per-offset views pooling works with.
+
+    Max and mean pooling work channel-major, (C, N, H, W) — the layout the engine's
+    conv layers return as transposed N, C, H, W views — one whole-batch operation per
+    window offset (a, b), never per pixel or sample.
+    """
 
     def __init__(
         self,
@@ -85,24 +90,19 @@ class _WindowPool(Layer):
         assert dx is not None
         return dx
 
-    def _tiles(self, x: np.ndarray) -> np.ndarray | None:
-        """(N, C, Ho, kh, Wo, kw) reshape view when windows tile the input without overlap."""
-        (kh, kw), (sh, sw) = self.size, self.stride
-        if (kh, kw) != (sh, sw):
-            return None
-        n, c, h, w = x.shape
-        ho, wo = h // kh, w // kw
-        return x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)
-
 
 class MaxPool(_WindowPool):
     """y = max over each window; ∂y/∂x_i = 1 at the arg-max, 0 elsewhere (seeds 002, 004).
 
     Ties: the first maximum in row-major order within the window receives the
-    gradient (the offsets are scanned in that order and only a strictly greater
-    value moves the arg-max).  Overlapping windows that share an arg-max add their
-    gradients.  Backward multiplies δ by the 0/1 mask, so a non-finite δ of a window
-    also reaches its other inputs as NaN (a finite δ never does).
+    gradient.  Overlapping windows that share an arg-max add their gradients.
+
+    Forward keeps only the maxima (and holds on to the output it returns); backward
+    finds each window's arg-max by scanning
+    the offsets in row-major order for the first input equal to the maximum (the
+    maximum is one of the inputs, exactly).  Backward multiplies δ by that 0/1 mask,
+    so a non-finite δ also reaches the window's other inputs as NaN (a finite δ never
+    does); a window holding NaN passes no gradient.
     """
 
     kind = "pool"
@@ -111,41 +111,48 @@ class MaxPool(_WindowPool):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         offsets = self._offsets(x.transpose(1, 0, 2, 3))
-        y = offsets[0][2].copy()  # (C, N, Ho, Wo): running maximum
-        k = len(offsets)
-        arg = self._work_array("arg", y.shape, np.uint8 if k <= 256 else np.intp)
-        arg.fill(0)
-        if k > 1:
-            gt = self._work_array("gt", y.shape, np.bool_)
-            step = self._work_array("step", y.shape, arg.dtype)
-            for o in range(1, k):
-                v = offsets[o][2]
-                np.greater(v, y, out=gt)
-                np.maximum(y, v, out=y)
-                # offsets come in increasing order, so the last strictly greater one is the largest
-                np.multiply(gt, arg.dtype.type(o), out=step)
-                np.maximum(arg, step, out=arg)
-        self._x, self._arg = x, arg
+        y = offsets[0][2].copy()  # (C, N, Ho, Wo)
+        for _, _, v in offsets[1:]:
+            np.maximum(y, v, out=y)
+        self._x, self._y = x, y
         return y.transpose(1, 0, 2, 3)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         x = self._saved()
-        arg = self._arg
+        xc, y = x.transpose(1, 0, 2, 3), self._y
         dyc = dy.transpose(1, 0, 2, 3)
-        dxc, disjoint = self._dx_buffer(x.transpose(1, 0, 2, 3).shape, dy.dtype)
-        hit = self._work_array("hit", arg.shape, np.bool_)
-        for o, (_, _, view) in enumerate(self._offsets(dxc)):
-            np.equal(arg, o, out=hit)
+        dxc, disjoint = self._dx_buffer(xc.shape, dy.dtype)
+        for (_, _, view), hit in zip(self._offsets(dxc), self._first_max(xc, y), strict=True):
             if disjoint:
                 np.multiply(hit, dyc, out=view)
             else:
                 view += hit * dyc
         return dxc.transpose(1, 0, 2, 3)
 
+    def _first_max(self, xc: np.ndarray, y: np.ndarray):
+        """For each offset in row-major order, the windows whose first maximum is that offset (a
+        reused boolean array, valid until the next one is yielded)."""
+        hit = self._work_array("hit", y.shape, np.bool_)
+        taken = self._work_array("taken", y.shape, np.bool_)
+        offsets = self._offsets(xc)
+        for o, (_, _, v) in enumerate(offsets):
+            np.equal(v, y, out=hit)
+            if o:
+                np.greater(hit, taken, out=hit)  # hit and not taken (booleans: True > False)
+            if o + 1 < len(offsets):
+                if o:
+                    np.logical_or(taken, hit, out=taken)
+                else:
+                    np.copyto(taken, hit)
+            yield hit
+
     def kink_signature(self) -> np.ndarray:
         """The arg-max of every window (``a·kw + b``): a change between two points means a kink."""
-        self._saved()
-        return self._arg.transpose(1, 0, 2, 3).astype(np.intp)
+        x = self._saved()
+        arg = np.zeros(self._y.shape, dtype=np.intp)
+        for o, hit in enumerate(self._first_max(x.transpose(1, 0, 2, 3), self._y)):
+            arg[hit] = o
+        return arg.transpose(1, 0, 2, 3)
 
 
 class MeanPool(_WindowPool):
@@ -292,8 +299,8 @@ class Subsample(Layer):
                 if a or b:
                     down += xc[:, :, a : ho * k : k, b : wo * k : k]
         beta, bias = self.params["beta"], self.params["b"]
-        z = down * beta[:, None, None, None]
-        z += bias[:, None, None, None]
+        # not in place: a complex b (complex-step on b) must be able to upcast a real z
+        z = down * beta[:, None, None, None] + bias[:, None, None, None]
         self._x, self._down = x, down
         return z.transpose(1, 0, 2, 3)
 

@@ -1,4 +1,4 @@
-"""Tests for cnnbp_cli.exporters: ONNX against the engine's forward pass, NPZ/JSON round trips, init_from checks.
+"""Tests for cnnbp_cli.exporters: ONNX vs the engine's forward pass, NPZ/JSON round trips, init_from checks.
 
 Reference values come from ``net.forward`` (the engine) and from softmax written out here; the ONNX side
 runs in onnxruntime (and, for graphs onnxruntime has no float64 kernels for, in onnx's own reference
