@@ -23,7 +23,25 @@ one every ``record.every`` epochs, and always one for the last epoch.  Each file
 /optimizer/state/<layer>/<param>   momentum buffers (empty without momentum, or before the first step)
 /metrics/<column>         the run's history up to this epoch, one entry per epoch: epoch, step,
                           train_loss, train_acc, val_loss, val_acc, lr, seconds
+/resume                   attrs: where ``cnnbp train --resume`` continues from (optional; files
+                          without it resume at the end of their epoch):
+                            batches_done, batches_per_epoch   batches of epoch ``epoch`` already run
+                            epoch_complete   the epoch ended and its metrics row is in /metrics
+                            loss_sum, n_correct   running train sums of the epoch (Σ loss×size, hits)
+                            first_loss       the run's first batch loss (divergence_factor's reference)
+                            data_sha256      fingerprint of the training and validation arrays
 ```
+
+An ``interrupted`` checkpoint was written on Ctrl-C/SIGTERM rather than on the ``record.every``
+schedule; when ``/resume`` says the epoch is not complete it holds the state after
+``batches_done`` batches of that epoch (the epoch's metrics are NaN), and the row of that epoch is
+not in ``/metrics`` yet.  A resumed run replaces it with the complete checkpoint of its epoch.
+
+Integrity: the file starts with a 512-byte HDF5 *user block* (HDF5 itself skips it) holding
+``cnnbp-checkpoint sha256 <64 hex digits>``, the SHA-256 of every byte after the block.  Readers check
+it before HDF5 parses anything, so a truncated or bit-flipped file is reported as damaged instead of
+loading wrong numbers, or sending the HDF5 library into one of the endless loops some damaged files
+cause.  Files without the block (the first files of format 1) are read unchecked.
 
 Layer names such as ``conv1.relu`` are used as HDF5 names as they are.  Arrays are stored in the run's
 dtype.  A checkpoint is written to ``NNNN.h5.tmp`` beside its final name, flushed and fsynced, then
@@ -32,7 +50,9 @@ renamed into place with ``os.replace``: a reader sees a whole checkpoint or none
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing as mp
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,6 +70,11 @@ from core.network import Sequential
 from core.optim import SGD
 
 FORMAT = "cnnbp-checkpoint"
+USERBLOCK = 512
+_HEADER = b"cnnbp-checkpoint sha256 "
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: how long a file without a valid checksum may take to parse (plus 1 s per 20 MB) before it is damaged
+GUARD_SECONDS = 10.0
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -81,6 +106,19 @@ class OptimizerRecord:
 
 
 @dataclass(frozen=True)
+class ResumeRecord:
+    """Where a resumed run continues: the ``/resume`` group (see the module docstring)."""
+
+    batches_done: int
+    batches_per_epoch: int
+    epoch_complete: bool
+    loss_sum: float
+    n_correct: int
+    first_loss: float
+    data_sha256: str
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Everything one checkpoint file holds, fully loaded into NumPy arrays and plain values."""
 
@@ -107,6 +145,7 @@ class Checkpoint:
     probe_index: np.ndarray
     optimizer: OptimizerRecord
     history: dict[str, np.ndarray]
+    resume: ResumeRecord | None = None  # None in files written before /resume existed
 
     @property
     def layer_names(self) -> list[str]:
@@ -197,17 +236,19 @@ def write_checkpoint(
     metrics: Mapping[str, float],
     history: Mapping[str, Sequence[float] | np.ndarray],
     interrupted: bool = False,
+    resume: ResumeRecord | None = None,
 ) -> Path:
     """Write one checkpoint atomically (``.tmp``, fsync, ``os.replace``) and return its path.
 
     ``metrics`` holds this epoch's train/val loss and accuracy (missing keys are stored as NaN);
-    ``history`` the metric columns of every epoch so far.  Arrays are cast to the network's dtype.
+    ``history`` the metric columns of every epoch so far; ``resume`` the ``/resume`` group.  Arrays are
+    cast to the network's dtype.
     """
     path = Path(path)
     dtype = np.dtype(net.dtype or np.float64)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             root = f.attrs
             root["format"] = FORMAT
             root["format_version"] = FORMAT_VERSION
@@ -260,7 +301,17 @@ def write_checkpoint(
             for column, values in history.items():
                 kind = np.int64 if column in ("epoch", "step") else np.float64
                 mg.create_dataset(column, data=np.asarray(values).astype(kind))
-        _fsync(tmp)
+
+            if resume is not None:
+                ra = f.create_group("resume").attrs
+                ra["batches_done"] = int(resume.batches_done)
+                ra["batches_per_epoch"] = int(resume.batches_per_epoch)
+                ra["epoch_complete"] = bool(resume.epoch_complete)
+                ra["loss_sum"] = float(resume.loss_sum)
+                ra["n_correct"] = int(resume.n_correct)
+                ra["first_loss"] = float(resume.first_loss)
+                ra["data_sha256"] = str(resume.data_sha256)
+        _seal(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
@@ -291,6 +342,39 @@ def _write_params(group: h5py.Group, params: Mapping[str, Mapping[str, np.ndarra
             g.create_dataset(_check_name(key), data=np.asarray(value).astype(dtype, copy=False))
 
 
+def _seal(path: Path) -> None:
+    """Write the checksum of everything after the user block into it, then fsync the file."""
+    with open(path, "r+b") as fh:
+        fh.seek(USERBLOCK)
+        digest = _sha(fh)
+        fh.seek(0)
+        fh.write((_HEADER + digest.encode("ascii") + b"\n").ljust(USERBLOCK, b"\0"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha(fh: Any) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path) -> str:
+    """ "ok" when the user-block checksum matches, "mismatch" when it does not, "none" without one."""
+    with open(path, "rb") as fh:
+        head = fh.read(USERBLOCK)
+        if not head.startswith(_HEADER):
+            fh.seek(USERBLOCK)
+            # a user block that is not ours, in front of an HDF5 superblock: our header, damaged
+            return "mismatch" if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE else "none"
+        expected = head[len(_HEADER) : len(_HEADER) + 64]
+        if len(head) < USERBLOCK:
+            return "mismatch"
+        fh.seek(USERBLOCK)
+        return "ok" if _sha(fh).encode("ascii") == expected else "mismatch"
+
+
 def _to_attr(value: Any) -> Any:
     """A hyper-parameter as an HDF5 attribute: numbers, strings and lists of numbers as they are."""
     if isinstance(value, (bool, np.bool_)):
@@ -319,14 +403,6 @@ def _from_attr(value: Any) -> Any:
     return value
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(folder: Path) -> None:
     """Make the rename durable; some file systems refuse to fsync a folder, which is harmless."""
     try:
@@ -345,12 +421,35 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
-    """Load a whole checkpoint; any problem with the file is a one-line UserError naming it."""
+    """Load a whole checkpoint; any problem with the file is a one-line UserError naming it.
+
+    A file whose checksum matches is parsed here.  Any other file (one without a checksum, or whose
+    content no longer matches it) is parsed in a forked child with a time limit: some damaged HDF5
+    files send the HDF5 library into an endless loop, which must not hang the command.  A checksum
+    mismatch is an error even when the file still parses; the child's parse only finds a more precise
+    message (a newer format, a missing group) than "truncated or corrupt".
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        status = _verify(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the file ({_short(e)})") from None
+    if status == "ok":
+        return _parse(path)
+    ck = _parse_guarded(path)
+    if status == "mismatch":
+        raise UserError(
+            f"{path}: cannot read checkpoint, truncated or corrupt file (its content does not match its "
+            "checksum)"
+        )
+    return ck
+
+
+def _parse(path: Path) -> Checkpoint:
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as e:
@@ -362,10 +461,50 @@ def read_checkpoint(path: Path) -> Checkpoint:
             return _read(f, path)
     except UserError:
         raise
-    except (OSError, RuntimeError, ValueError, TypeError) as e:
-        # h5py reports truncation and damaged blocks as OSError while opening or reading
+    except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file means a damaged file
+        # h5py reports truncation and damaged blocks as OSError, KeyError (an object header that does
+        # not parse), RuntimeError or ValueError; a bad attribute type as TypeError or IndexError
         reason = _short(e)
         raise UserError(f"{path}: cannot read checkpoint, truncated or corrupt file ({reason})") from None
+
+
+def _parse_guarded(path: Path) -> Checkpoint:
+    """:func:`_parse` in a forked child with a time limit (in-process where there is no fork)."""
+    if "fork" not in mp.get_all_start_methods():
+        return _parse(path)
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_parse_child, args=(path, send), daemon=True)
+    child.start()
+    send.close()
+    limit = GUARD_SECONDS + path.stat().st_size / 20e6
+    try:
+        if not receive.poll(limit):
+            raise UserError(
+                f"{path}: cannot read checkpoint, truncated or corrupt file (HDF5 did not finish reading it)"
+            )
+        kind, value = receive.recv()
+    except (EOFError, OSError):  # the child died without a word (a crash inside HDF5)
+        raise UserError(f"{path}: cannot read checkpoint, truncated or corrupt file (HDF5 failed)") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _parse_child(path: Path, send: Any) -> None:
+    try:
+        result: tuple[str, Any] = ("ok", _parse(path))
+    except UserError as e:
+        result = ("error", str(e))
+    except BaseException as e:  # noqa: BLE001 - report anything, never a traceback from the child
+        result = ("error", f"{path}: cannot read checkpoint, truncated or corrupt file ({_short(e)})")
+    send.send(result)
+    send.close()
 
 
 def _short(e: BaseException) -> str:
@@ -412,6 +551,7 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
         )
 
     config = need("config")[()]
+    config = config.decode("utf-8") if isinstance(config, bytes) else str(config)
     opt = need("optimizer")
     return Checkpoint(
         path=path,
@@ -426,7 +566,7 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
         loss=str(attr("loss")),
         interrupted=bool(attr("interrupted")),
         metrics={k: float(attrs.get(k, np.nan)) for k in METRICS},
-        config=config.decode("utf-8") if isinstance(config, bytes) else str(config),
+        config=config,
         input_shape=tuple(int(s) for s in _from_attr(model.attrs.get("input_shape", np.array([])))),
         layers=layers,
         weights=_read_params(need("weights"), layer_names),
@@ -443,6 +583,22 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
             state=_read_params(opt["state"], layer_names) if "state" in opt else {},
         ),
         history={k: v[()] for k, v in need("metrics").items()},
+        resume=_read_resume(f),
+    )
+
+
+def _read_resume(f: h5py.File) -> ResumeRecord | None:
+    if "resume" not in f:
+        return None
+    a = {k: _from_attr(v) for k, v in f["resume"].attrs.items()}
+    return ResumeRecord(
+        batches_done=int(a["batches_done"]),
+        batches_per_epoch=int(a["batches_per_epoch"]),
+        epoch_complete=bool(a["epoch_complete"]),
+        loss_sum=float(a["loss_sum"]),
+        n_correct=int(a["n_correct"]),
+        first_loss=float(a["first_loss"]),
+        data_sha256=str(a["data_sha256"]),
     )
 
 

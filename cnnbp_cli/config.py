@@ -187,8 +187,21 @@ def _int(value: Any, path: str, minimum: int) -> int:
 def _number(value: Any, path: str, what: str, ok: Callable[[float], bool]) -> float:
     """A finite int or float (not a bool, not a string) for which ``ok`` holds; ``what`` words ``ok``."""
     if not _is_number(value) or not math.isfinite(float(value)) or not ok(float(value)):
-        _fail(path, f"expected a number {what}, got {_show(value)}")
+        _fail(path, f"expected a number {what}, got {_show(value)}{_text_number_hint(value)}")
     return float(value)
+
+
+def _text_number_hint(value: Any) -> str:
+    """Why YAML read ``1e-3`` as text: YAML 1.1 floats need a dot and a signed exponent (1.0e-3)."""
+    m = (
+        re.fullmatch(r"([-+]?[0-9]+)(\.[0-9]*)?[eE]([-+]?)([0-9]+)", value.strip())
+        if isinstance(value, str)
+        else None
+    )
+    if m is None:
+        return ""
+    fixed = f"{m.group(1)}{m.group(2) or '.0'}e{m.group(3) or '+'}{m.group(4)}"
+    return f" (text to YAML, which needs a dot and a signed exponent: write {fixed})"
 
 
 def _bool(value: Any, path: str) -> bool:

@@ -14,15 +14,22 @@ runs/<name>/config.yaml`` repeats the run (into ``<name>-2``, since the name is 
 fractions in [0, 1]; ``seconds`` is the wall time of the epoch's training pass plus validation.  Row 0
 is the initial state: validation metrics only, ``nan`` for the training ones (and for ``val_*`` when
 there is no validation data).
+
+Crash safety: ``config.yaml`` is written to ``config.yaml.tmp`` and renamed into place, so it is whole
+or absent.  A ``kill -9`` while a metrics row is being written can leave a torn last line (one without
+its final newline): :func:`read_metrics` ignores it, and ``cnnbp train --resume`` rewrites
+``metrics.csv`` from the checkpoint it resumes (whose ``/metrics`` holds every row up to it), dropping
+rows of epochs that will run again.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cnnbp_cli.checkpoint import CHECKPOINTS, checkpoint_name
@@ -90,30 +97,66 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
 
 
 def write_config(run_dir: Path, text: str) -> Path:
-    """Store the resolved config YAML as ``config.yaml``."""
+    """Store the resolved config YAML as ``config.yaml`` (atomically: ``.tmp``, fsync, rename)."""
     path = Path(run_dir) / CONFIG
+    _write_atomic(path, text)
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader (or a crash) sees the old file or the new, whole."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(path, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+def remove_stale_run_tmp(run_dir: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files an interrupted write left in a run folder (not in ``checkpoints/``)."""
+    removed = []
+    for name in (CONFIG, METRICS_CSV):
+        p = Path(run_dir) / f"{name}.tmp"
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 class MetricsLog:
     """``metrics.csv`` opened for appending: header first, then one flushed row per epoch.
 
     It also keeps the columns in memory (``history``) for the checkpoints' ``/metrics`` group.
+    With ``history`` (a resumed run: the columns of the checkpoint it resumes) the file is first
+    rewritten atomically to hold exactly those rows, repairing a torn last line and dropping rows of
+    epochs after the checkpoint; new rows are then appended as usual.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, history: Mapping[str, Sequence[float]] | None = None) -> None:
         self.path = Path(path)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a", encoding="utf-8", newline="")
-        self._writer = csv.writer(self._fh, lineterminator="\n")
         self.history: dict[str, list[float]] = {c: [] for c in METRIC_COLUMNS}
+        if history is not None:
+            for c in METRIC_COLUMNS:
+                self.history[c] = [int(v) if c in _INT_COLUMNS else float(v) for v in history[c]]
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(METRIC_COLUMNS)
+            for values in zip(*(self.history[c] for c in METRIC_COLUMNS), strict=True):
+                writer.writerow([_cell(c, v) for c, v in zip(METRIC_COLUMNS, values, strict=True)])
+            _write_atomic(self.path, buf.getvalue())
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        try:
+            self._fh = open(self.path, "a", encoding="utf-8", newline="")
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot write ({e.strerror or e})") from None
+        self._writer = csv.writer(self._fh, lineterminator="\n")
         if new:
             self._writer.writerow(METRIC_COLUMNS)
             self._sync()
@@ -152,13 +195,23 @@ def _cell(column: str, value: float) -> str:
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[float]]:
-    """The columns of a run's ``metrics.csv`` (``nan`` for missing values); a UserError when unreadable."""
+    """The columns of a run's ``metrics.csv`` (``nan`` for missing values); a UserError when unreadable.
+
+    A last line without its newline is a row torn by a crash mid-write: it is ignored.
+    """
     path = Path(run_dir) / METRICS_CSV
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # drop the torn last line
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise UserError(f"{path}: not a valid CSV file ({e})") from None
     columns: dict[str, list[float]] = {c: [] for c in METRIC_COLUMNS}
     for i, row in enumerate(rows, start=2):
         for c in METRIC_COLUMNS:

@@ -137,7 +137,8 @@ class Trainer:
         self.step = 0
         #: the loss of the run's first batch (NaN before it): the reference of ``divergence_factor``
         self.first_loss = float("nan")
-        #: the epoch being run, updated after every completed batch (None between epochs)
+        #: the latest epoch run, updated after every completed batch and kept when the epoch ends
+        #: (then ``batches_done`` is all of them); None before the first epoch
         self.progress: EpochProgress | None = None
         #: True from the start of an optimiser update until its bookkeeping is done: an exception
         #: that lands then (a second Ctrl-C) leaves weights that match no step, not to be saved
@@ -209,7 +210,6 @@ class Trainer:
             if on_batch is not None:
                 on_batch(i + 1, n_batches, batch_loss)
         keep.out = None  # do not pin the last batch's activations
-        self.progress = None
         return EpochStats(epoch, progress.loss_sum / n, progress.n_correct / n, n_batches, n)
 
     def _diverged(

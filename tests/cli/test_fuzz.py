@@ -1,0 +1,434 @@
+"""Property-based robustness: mutated configs, corrupted data files and corrupted checkpoints given to
+``cnnbp train`` either run or end with exit 2 and ONE line, never a traceback, and never leave a
+half-written file (``*.tmp``) or, on failure, a new run folder behind.
+
+Hypothesis runs derandomized (a fixed sequence of examples, no example database) with a bounded
+number of examples per property, so the file is reproducible and runs in well under a minute.  Every
+case goes through the Typer app in-process (CliRunner).  ``CASES`` counts the cases tried per
+property and their outcomes; ``pytest -s tests/cli/test_fuzz.py`` prints them.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import shutil
+import struct
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import typer.testing
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from cnnbp_cli import config as config_module
+from cnnbp_cli.app import app
+from cnnbp_cli.checkpoint import find_checkpoints
+
+runner = CliRunner()
+CASES: dict[str, Counter[str]] = {}
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+
+
+@pytest.fixture(autouse=True)
+def small_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 256 MB budget: a mutated size that passes it stays quick to allocate and train.
+
+    Also builds the Click command of the app once instead of on every invoke (a third of a case's
+    time otherwise).
+    """
+    monkeypatch.setattr(config_module, "_memory_budget", lambda: 256_000_000)
+    cached = functools.lru_cache(maxsize=None)(typer.testing._get_command)
+    monkeypatch.setattr(typer.testing, "_get_command", cached)
+
+
+# ---- the one check every case goes through -------------------------------------------------------------
+
+
+def check(kind: str, args: list[str], root: Path, out: Path, codes: tuple[int, ...] = (0, 2)) -> int:
+    """Run ``cnnbp ARGS`` and assert the robustness contract; count the outcome under ``kind``."""
+    before = {p for p in out.iterdir()} if out.exists() else set()
+    result = runner.invoke(app, args)
+    code = result.exit_code
+    what = f"{args}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{type(result.exception).__name__}: {result.exception}\n{what}"
+    )
+    assert "Traceback" not in result.output, what
+    assert code in codes, what
+    if code != 0:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), what
+        after = {p for p in out.iterdir()} if out.exists() else set()
+        if "--resume" not in args:
+            assert after == before, f"a failed run left {after - before}\n{what}"
+    assert not list(root.rglob("*.tmp")), what
+    CASES.setdefault(kind, Counter())[f"exit {code}"] += 1
+    return code
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    """A fresh folder per example (hypothesis runs many examples per test function call)."""
+    with tempfile.TemporaryDirectory(prefix="cnnbp-fuzz-") as d:
+        yield Path(d)
+
+
+def report(kind: str) -> None:
+    counts = CASES.get(kind, Counter())
+    print(f"\n{kind}: {sum(counts.values())} cases, {dict(sorted(counts.items()))}")
+
+
+# ---- configs -------------------------------------------------------------------------------------------
+
+
+def base_config() -> dict:
+    """A valid config on inline data: 8 images 1×4×4, conv → pool → flatten → dense, two classes."""
+    rng = np.random.default_rng(0)
+    x = np.round(rng.uniform(0, 1, (8, 1, 4, 4)), 2)
+    return {
+        "name": "fz",
+        "seed": 1,
+        "dtype": "float32",
+        "data": {"source": "inline", "scale": 1.0, "val_fraction": 0.25, "limit": None,
+                 "x": x.tolist(), "y": [i % 2 for i in range(8)]},
+        "model": {
+            "input_shape": [1, 4, 4],
+            "layers": [
+                {"type": "conv", "filters": 2, "kernel": 3, "stride": 1, "padding": 1, "activation": "relu"},
+                {"type": "pool", "mode": "max", "size": 2},
+                {"type": "flatten"},
+                {"type": "dense", "units": 2, "init": "glorot_uniform"},
+            ],
+        },
+        "loss": "softmax_cross_entropy",
+        "train": {"epochs": 2, "batch_size": 4, "lr": 0.1, "momentum": 0.5, "weight_decay": 0.0,
+                  "shuffle": True, "divergence_factor": None},
+        "record": {"probe": 2, "every": 1},
+    }  # fmt: skip
+
+
+def paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key path into a config (into mappings and lists, not into the inline pixel rows)."""
+    found = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += paths(v, (*prefix, k))
+    elif isinstance(node, list) and prefix[-1:] not in (("x",), ("y",)):
+        for i, v in enumerate(node):
+            found += paths(v, (*prefix, i))
+    return found
+
+
+def parent_and_key(cfg: dict, path: tuple) -> tuple[Any, Any]:
+    node = cfg
+    for k in path[:-1]:
+        node = node[k]
+    return node, path[-1]
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 6),
+    st.sampled_from([0, -1, 1, 10**6, 10**9, 2**31, 2**63, 10**30, -(10**12)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e-300, 1e300, -0.0, 0.5, 1.5, 1e6]),
+    st.text(max_size=8),
+    st.sampled_from(["relu", "max", "conv", "dense", "float16", "../x", "/abs", "", ".", "a b", "inline"]),
+    st.lists(st.integers(-2, 40), max_size=4),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3),
+    st.dictionaries(st.sampled_from(["type", "units", "x", "kernel", "zz"]), st.integers(-2, 9), max_size=2),
+)
+SHAPE_EDITS = [
+    ("model", "input_shape"),  # the image size no longer matches the data
+    ("model", "layers", 0, "kernel"),  # a kernel larger than its input
+    ("model", "layers", 0, "stride"),  # a stride that leaves no output
+    ("model", "layers", 1, "size"),  # a pool window larger than its input
+    ("model", "layers", 3, "units"),  # fewer classes than the labels use
+    ("data", "y"),
+    ("data", "x"),
+]
+
+
+@st.composite
+def mutated_config(draw: st.DrawFn) -> dict:
+    cfg = base_config()
+    for _ in range(draw(st.integers(1, 3))):
+        all_paths = paths(cfg)
+        kind = draw(st.sampled_from(["drop", "replace", "replace", "add", "shape", "layer"]))
+        if kind == "drop" and all_paths:
+            parent, key = parent_and_key(cfg, draw(st.sampled_from(all_paths)))
+            del parent[key]
+        elif kind == "replace" and all_paths:
+            parent, key = parent_and_key(cfg, draw(st.sampled_from(all_paths)))
+            parent[key] = draw(ODD_VALUES)
+        elif kind == "add":
+            holders = [p for p in [(), *all_paths] if isinstance(_get(cfg, p), dict)]
+            holder = _get(cfg, draw(st.sampled_from(holders)))
+            holder[draw(st.sampled_from(["epoch", "lr", "unknown", "Layers", "units", "strides", "nme"]))] = 1
+        elif kind == "shape":
+            path = draw(st.sampled_from(SHAPE_EDITS))
+            try:
+                parent, key = parent_and_key(cfg, path)
+                parent[key] = draw(
+                    st.one_of(
+                        st.integers(0, 9),
+                        st.lists(st.integers(0, 9), min_size=1, max_size=4),
+                        st.just([[0.5] * 3] * 8),  # vectors instead of images
+                        st.just([0, 1, 2, 3, 4, 5, 6, 7]),  # labels past the 2 outputs
+                        st.just([[[[float("nan")] * 4] * 4]] * 8),  # NaN pixels
+                    )
+                )
+            except (KeyError, IndexError, TypeError):
+                pass  # an earlier mutation removed the place
+        elif kind == "layer":
+            layers = cfg.get("model", {}).get("layers") if isinstance(cfg.get("model"), dict) else None
+            if isinstance(layers, list):
+                extra = draw(
+                    st.sampled_from([
+                        {"type": "dense", "units": 3},  # dense fed 4-D maps without flatten
+                        {"type": "conv", "filters": 1, "kernel": 9},
+                        {"type": "pool", "size": 5},
+                        {"type": "subsample", "scale": 3},
+                        {"type": "flatten"},
+                        {"type": "relu"},
+                        {"type": "conv", "filters": 10**5, "kernel": 1},
+                        {"type": "dense", "units": 10**8},
+                    ])
+                )  # fmt: skip
+                layers.insert(draw(st.integers(0, len(layers))), extra)
+    return cfg
+
+
+def _get(cfg: Any, path: tuple) -> Any:
+    for k in path:
+        cfg = cfg[k]
+    return cfg
+
+
+@settings(FUZZ, max_examples=250)
+@given(cfg=mutated_config(), dry=st.booleans())
+def _config_cases(cfg: dict, dry: bool) -> None:
+    with scratch() as root:
+        path = root / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+        out = root / "runs"
+        args = ["train", str(path), "--out", str(out), "--quiet"]
+        args += ["--dry-run"] if dry else ["--epochs", "2"]
+        check("configs", args, root, out, codes=(0, 2) if dry else (0, 1, 2))
+
+
+def test_mutated_configs_run_or_fail_in_one_line() -> None:
+    _config_cases()
+    report("configs")
+
+
+# ---- data files ----------------------------------------------------------------------------------------
+
+MNIST = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def idx_bytes(arr: np.ndarray, code: int = 0x08) -> bytes:
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    return header + arr.astype(">u1" if code == 0x08 else ">f4").tobytes()
+
+
+def data_files(root: Path, source: str, gz: bool) -> tuple[Path, list[Path]]:
+    """A valid tiny data set of 4×4 images, labels 0..2; returns (data.path, the files to corrupt)."""
+    rng = np.random.default_rng(5)
+    xtr, ytr = rng.integers(0, 256, (9, 4, 4)).astype(np.uint8), (np.arange(9) % 3).astype(np.uint8)
+    xte, yte = rng.integers(0, 256, (3, 4, 4)).astype(np.uint8), np.array([0, 1, 2], np.uint8)
+    if source == "idx":
+        folder = root / "mnist"
+        folder.mkdir()
+        files = []
+        for name, arr in zip(MNIST, (xtr, ytr, xte, yte), strict=True):
+            data = idx_bytes(arr)
+            p = folder / (name + (".gz" if gz else ""))
+            p.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+            files.append(p)
+        return folder, files
+    if source == "npz":
+        p = root / "d.npz"
+        save = np.savez_compressed if gz else np.savez
+        save(p, x_train=xtr.astype(np.float32), y_train=ytr, x_test=xte.astype(np.float32), y_test=yte)
+        return p, [p]
+    p = root / "d.h5"
+    with h5py.File(p, "w") as f:
+        for k, v in (("x_train", xtr.astype(np.float32)), ("y_train", ytr), ("x_test", xte), ("y_test", yte)):
+            f.create_dataset(k, data=v, compression="gzip" if gz else None)
+    return p, [p]
+
+
+def data_config(source: str, path: Path) -> dict:
+    return {
+        "name": "d",
+        "data": {"source": source, "path": str(path), "scale": 1 / 255},
+        "model": {"input_shape": [1, 4, 4], "layers": [
+            {"type": "conv", "filters": 2, "kernel": 3, "activation": "tanh"},
+            {"type": "flatten"}, {"type": "dense", "units": 3}]},
+        "train": {"epochs": 1, "batch_size": 4},
+        "record": {"probe": 2},
+    }  # fmt: skip
+
+
+@st.composite
+def corruption(draw: st.DrawFn, size: int) -> tuple[str, Any]:
+    kind = draw(st.sampled_from(["truncate", "flip", "flip", "magic", "zero", "append", "empty"]))
+    if kind == "truncate":
+        return kind, draw(st.integers(0, max(0, size - 1)))
+    if kind == "flip":
+        return kind, draw(
+            st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=8)
+        )
+    if kind == "magic":
+        return kind, draw(st.binary(min_size=4, max_size=4))
+    if kind == "zero":
+        start = draw(st.integers(0, size - 1))
+        return kind, (start, draw(st.integers(1, 512)))
+    if kind == "append":
+        return kind, draw(st.binary(min_size=1, max_size=64))
+    return kind, None
+
+
+def corrupt(path: Path, how: tuple[str, Any]) -> None:
+    data = bytearray(path.read_bytes())
+    kind, arg = how
+    if kind == "truncate":
+        data = data[:arg]
+    elif kind == "flip":
+        for offset, mask in arg:
+            data[offset % len(data)] ^= mask
+    elif kind == "magic":
+        data[:4] = arg
+    elif kind == "zero":
+        start, n = arg
+        data[start : start + n] = bytes(len(data[start : start + n]))
+    elif kind == "append":
+        data += arg
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    source=st.sampled_from(["idx", "npz", "hdf5"]),
+    gz=st.booleans(),
+    which=st.integers(0, 3),
+    data=st.data(),
+    dry=st.sampled_from([True, True, False]),
+)
+def _data_cases(source: str, gz: bool, which: int, data: st.DataObject, dry: bool) -> None:
+    with scratch() as root:
+        path, files = data_files(root, source, gz)
+        target = files[which % len(files)]
+        corrupt(target, data.draw(corruption(target.stat().st_size)))
+        cfg_path = root / "c.yaml"
+        cfg_path.write_text(yaml.safe_dump(data_config(source, path)), encoding="utf-8")
+        out = root / "runs"
+        args = ["train", str(cfg_path), "--out", str(out), "--quiet"] + (["--dry-run"] if dry else [])
+        check(f"data files ({source})", args, root, out, codes=(0, 2) if dry else (0, 1, 2))
+
+
+def test_corrupted_data_files_run_or_fail_in_one_line() -> None:
+    _data_cases()
+    for source in ("idx", "npz", "hdf5"):
+        report(f"data files ({source})")
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch run of the base config, interrupted in epoch 2 so its last checkpoint is mid-epoch."""
+    root = tmp_path_factory.mktemp("fuzz-run")
+    cfg = base_config()
+    cfg["train"]["epochs"] = 3
+    (root / "c.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    result = runner.invoke(app, ["train", str(root / "c.yaml"), "--out", str(root / "runs"), "--quiet"],
+                           env={"CNNBP_SIGNAL_AFTER_STEP": "3"})  # fmt: skip
+    assert result.exit_code == 130, result.output
+    return root / "runs" / "fz"
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    data=st.data(),
+    which=st.sampled_from(["last", "last", "first"]),
+    use=st.sampled_from(["resume", "resume", "init", "inspect", "export"]),
+)
+def _checkpoint_cases(finished_run: Path, data: st.DataObject, which: str, use: str) -> None:
+    with scratch() as root:
+        run = root / "fz"
+        shutil.copytree(finished_run, run)
+        found = find_checkpoints(run)
+        target = found[-1][1] if which == "last" else found[0][1]
+        corrupt(target, data.draw(corruption(target.stat().st_size)))
+        if use == "resume":
+            args = ["train", "--resume", str(run), "--quiet", "--epochs", "3"]
+            check("checkpoints (train --resume)", args, root, root, codes=(0, 1, 2))
+        elif use == "init":
+            cfg = base_config()
+            cfg["model"]["init_from"] = str(target)
+            (root / "c.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+            args = ["train", str(root / "c.yaml"), "--out", str(root / "runs"), "--quiet", "--dry-run"]
+            check("checkpoints (model.init_from)", args, root, root / "runs")
+        elif use == "inspect":
+            check("checkpoints (inspect)", ["inspect", str(target)], root, root / "none")
+        else:
+            out = root / "model.npz"
+            code = check(
+                "checkpoints (export)", ["export", str(target), "-f", "npz", "-o", str(out)], root, root
+            )
+            assert code == 0 or not out.exists(), "a failed export left its output behind"
+
+
+def test_corrupted_checkpoints_resume_or_fail_in_one_line(finished_run: Path) -> None:
+    _checkpoint_cases(finished_run)
+    for use in ("train --resume", "model.init_from", "inspect", "export"):
+        report(f"checkpoints ({use})")
+
+
+def test_a_checkpoint_that_hangs_hdf5_is_reported_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some damaged HDF5 files send the library into an endless loop (fuzzing found one in a vlen
+    attribute's global heap): a file without a valid checksum is parsed in a child with a time limit."""
+    import time
+
+    from cnnbp_cli import checkpoint
+
+    path = tmp_path / "0001.h5"
+    with h5py.File(path, "w") as f:  # no cnnbp checksum header: parsed in the guarded child
+        f.attrs["format"] = "cnnbp-checkpoint"
+    monkeypatch.setattr(checkpoint, "GUARD_SECONDS", 0.5)
+    monkeypatch.setattr(checkpoint, "_parse", lambda p: time.sleep(60))  # the child inherits this
+    started = time.monotonic()
+    result = runner.invoke(app, ["train", "--dry-run", "--set", f"model.init_from={path}"])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "0001.h5: cannot read checkpoint, truncated or corrupt file (HDF5 did not finish" in line
