@@ -44,9 +44,9 @@ axis (a copy is one sample for deltas and input gradients, the whole batch for a
 whose own layer's forward is called once per perturbation with the other copies batched
 downstream); the loss's per-sample values give every perturbed loss of a chunk in one run.
 A single perturbed element of an image changes only a box of each later feature map, so
-through element-wise layers, tied-bias convolutions, max/mean pooling and subsampling only
+through element-wise layers, tied-bias convolutions, max/mean/Lp pooling and subsampling only
 that box is recomputed — by the layer's own ``forward`` on a crop of the cached input — and
-whole maps are rebuilt at the first other layer (flatten, dense, Lp pool, untied conv).
+whole maps are rebuilt at the first other layer (flatten, dense, untied conv).
 Chunks are sized to keep roughly ``CHUNK_BYTES`` of activations alive.
 
 OpenBLAS's threads spin on the many small matrix products this makes; on a shared or busy

@@ -37,7 +37,15 @@ class GlorotUniform(Initializer):
 
     name = "glorot_uniform"
 
-    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
         r = np.sqrt(6.0 / (fan_in + fan_out))
         # DLT draws (rand − 0.5)·2·r; rng.uniform(−r, r) is the same distribution.
         return rng.uniform(-r, r, size=shape).astype(dtype, copy=False)
@@ -48,24 +56,52 @@ class HeNormal(Initializer):
 
     name = "he_normal"
 
-    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
         return (rng.standard_normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(dtype, copy=False)
 
 
 class Zeros(Initializer):
+    """All zeros (the default for biases)."""
+
     name = "zeros"
 
-    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
 
 
 class Constant(Initializer):
+    """Every element ``value``."""
+
     name = "constant"
 
     def __init__(self, value: float) -> None:
         self.value = float(value)
 
-    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
         return np.full(shape, self.value, dtype=dtype)
 
     def __repr__(self) -> str:
@@ -80,7 +116,15 @@ class Explicit(Initializer):
     def __init__(self, values: np.ndarray | list) -> None:
         self.values = np.asarray(values, dtype=np.float64)
 
-    def __call__(self, shape, fan_in, fan_out, rng, dtype, where=""):  # type: ignore[override]
+    def __call__(
+        self,
+        shape: Shape,
+        fan_in: int,
+        fan_out: int,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+        where: str = "",
+    ) -> np.ndarray:
         if self.values.shape != tuple(shape):
             layer, _, key = where.rpartition(".")
             problem = f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"

@@ -84,6 +84,7 @@ class SoftmaxCrossEntropy(Loss):
 
     @staticmethod
     def probabilities(out: np.ndarray) -> np.ndarray:
+        """softmax(out) per row, stable (the row maximum subtracted); no state kept."""
         e = np.exp(out - out.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 

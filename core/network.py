@@ -24,6 +24,7 @@ class LayerInfo:
 
     @property
     def n_params(self) -> int:
+        """Number of parameter values the layer holds."""
         return int(sum(int(np.prod(s)) for s in self.param_shapes.values()))
 
 
@@ -64,10 +65,12 @@ class Sequential:
 
     @property
     def output_shape(self) -> Shape:
+        """Per-sample shape of the network's output."""
         return self.summary()[-1].output_shape if self.layers else self.input_shape
 
     @property
     def n_params(self) -> int:
+        """Number of parameter values in the whole network."""
         return sum(info.n_params for info in self.summary())
 
     def build(self, rng: np.random.Generator, dtype: np.dtype | type = np.float32) -> Sequential:
@@ -78,6 +81,7 @@ class Sequential:
         return self
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name``; KeyError listing the layers when there is none."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
@@ -85,6 +89,7 @@ class Sequential:
 
     # ---- computation ------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Every layer in order on a batch (N, *input_shape); raises ShapeError for other shapes."""
         if x.shape[1:] != self.input_shape:
             raise ShapeError(
                 "input", f"expected samples of shape {_fmt(self.input_shape)}, got {_fmt(x.shape[1:])}"
@@ -150,6 +155,7 @@ class Sequential:
         return {l.name: l.params for l in self.layers if l.params}
 
     def grads(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{layer: {param: gradient}}``, keyed like ``parameters`` (live arrays)."""
         return {l.name: l.grads for l in self.layers if l.params}
 
     def cast(self, dtype: np.dtype | type) -> Sequential:

@@ -44,7 +44,9 @@ class SGD:
                 w -= (self.lr * g).astype(w.dtype, copy=False)
 
     def state_dict(self) -> Params:
+        """A copy of the velocities, ``{layer: {param: v}}``."""
         return {l: {k: v.copy() for k, v in g.items()} for l, g in self.state.items()}
 
     def load_state_dict(self, state: Params) -> None:
+        """Replace the velocities with copies of ``state`` (as ``state_dict`` returns it)."""
         self.state = {l: {k: np.array(v) for k, v in g.items()} for l, g in state.items()}

@@ -70,6 +70,7 @@ class Layer:
 
     @property
     def n_params(self) -> int:
+        """Number of parameter values held (0 before ``build``)."""
         return int(sum(p.size for p in self.params.values()))
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
@@ -86,9 +87,11 @@ class Layer:
 
     # ---- computation ------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """y for a batch x, caching what ``backward`` needs."""
         raise NotImplementedError
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        """∂L/∂x from ∂L/∂y of the last ``forward``; fills ``grads`` (batch sums)."""
         raise NotImplementedError
 
     def backward_params(self, dy: np.ndarray) -> None:
@@ -144,7 +147,15 @@ def pair(value: int | tuple[int, int] | list[int], what: str, layer: str) -> tup
     raise ShapeError(layer, f"{what} must be an int or a pair of ints, got {value!r}")
 
 
+def positive_int(value: object, what: str, layer: str) -> int:
+    """``value`` as an int when it is an int ≥ 1 (not a bool); raises ShapeError for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ShapeError(layer, f"{what} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
+    """Raise ShapeError unless the per-sample ``input_shape`` has ``rank`` axes (``what`` says which)."""
     if len(input_shape) != rank:
         raise ShapeError(
             layer, f"expects {what} per sample, got shape {tuple(input_shape)}"

@@ -9,7 +9,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from core.errors import ShapeError
 from core.init import GlorotUniform, Initializer, Zeros
-from core.layers.base import Layer, Shape, expect_rank, pair
+from core.layers.base import Layer, Shape, expect_rank, pair, positive_int
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -33,7 +33,7 @@ class Conv2D(Layer):
     Backward, with δ = ∂L/∂z:
       ∂L/∂W = valid cross-correlation of X with δ (dilated by the stride),
       ∂L/∂X = full convolution of δ (dilated by the stride) with the kernel rotated
-              180°, cropped by the padding — computed here as col2im of δ·W,
+              180°, cropped by the padding — computed here as col2im of Wᵀ·δ,
               which is the same sum regrouped per kernel offset,
       ∂L/∂b = Σ_{i,j} δ_ij per filter (``tied``) or δ_ij itself (``untied``).
     """
@@ -51,9 +51,7 @@ class Conv2D(Layer):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ShapeError(self.name, f"filters must be a positive int, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters", self.name)
         self.kernel = pair(kernel, "kernel", self.name)
         self.stride = pair(stride, "stride", self.name)
         self.padding = pair(padding, "padding", self.name)

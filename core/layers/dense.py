@@ -6,7 +6,7 @@ import numpy as np
 
 from core.errors import ShapeError
 from core.init import GlorotUniform, Initializer, Zeros
-from core.layers.base import Layer, Shape
+from core.layers.base import Layer, Shape, positive_int
 
 
 class Dense(Layer):
@@ -21,9 +21,7 @@ class Dense(Layer):
         self, units: int, init: dict[str, Initializer] | None = None, name: str | None = None
     ) -> None:
         super().__init__(name)
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ShapeError(self.name, f"units must be a positive int, got {units!r}")
-        self.units = int(units)
+        self.units = positive_int(units, "units", self.name)
         self.init = {"W": GlorotUniform(), "b": Zeros(), **(init or {})}
 
     def hyper(self) -> dict[str, object]:

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
 
 from core.errors import ShapeError
 from core.init import Constant, Initializer, Zeros
-from core.layers.base import Layer, Shape, expect_rank, pair
+from core.layers.base import Layer, Shape, expect_rank, pair, positive_int
 from core.layers.conv import windows
 
 
 def pool_output_size(size: int, window: int, stride: int) -> int:
     """``⌊(size − window) / stride⌋ + 1``: a window that does not fit at the edge is dropped."""
     return (size - window) // stride + 1
+
+
+def _offset_views(
+    xc: np.ndarray, size: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, np.ndarray]]:
+    """``(a, b, view)`` for every window offset in row-major order, where ``view[c, n, i, j]``
+    is element (a, b) of window (i, j): a strided (C, N, Ho, Wo) view of the channel-major
+    input ``xc`` (C, N, H, W).  Pooling is then a few whole-array operations per offset."""
+    (kh, kw), (sh, sw) = size, stride
+    h, w = xc.shape[2:]
+    ho, wo = pool_output_size(h, kh, sh), pool_output_size(w, kw, sw)
+    return [
+        (a, b, xc[:, :, a : a + sh * ho : sh, b : b + sw * wo : sw]) for a in range(kh) for b in range(kw)
+    ]
+
+
+def _new_dx(
+    shape: Shape, dtype: np.dtype, size: tuple[int, int], stride: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """A new channel-major ∂L/∂X and whether the offsets write it disjointly (else they add).
+
+    Zeroed unless the windows tile the input exactly, so that every entry gets written.
+    """
+    (kh, kw), (sh, sw) = size, stride
+    c, n, h, w = shape
+    disjoint = sh >= kh and sw >= kw
+    exact = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
+    return (np.empty if exact else np.zeros)(shape, dtype), disjoint
 
 
 class _WindowPool(Layer):
@@ -52,28 +81,14 @@ class _WindowPool(Layer):
         return windows(x, *self.size, *self.stride)
 
     def _offsets(self, xc: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-        """``(a, b, view)`` for every window offset in row-major order, where ``view[c, n, i, j]``
-        is element (a, b) of window (i, j): a strided (C, N, Ho, Wo) view of the channel-major
-        input ``xc`` (C, N, H, W).  Pooling is then a few whole-array operations per offset."""
-        (kh, kw), (sh, sw) = self.size, self.stride
-        h, w = xc.shape[2:]
-        ho, wo = pool_output_size(h, kh, sh), pool_output_size(w, kw, sw)
-        return [
-            (a, b, xc[:, :, a : a + sh * ho : sh, b : b + sw * wo : sw]) for a in range(kh) for b in range(kw)
-        ]
+        """``_offset_views`` of ``xc`` with this layer's window and stride."""
+        return _offset_views(xc, self.size, self.stride)
 
-    def _dx_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
-        """A new channel-major ∂L/∂X and whether the offsets write it disjointly (else they add).
+    def _dx_buffer(self, shape: Shape, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+        """``_new_dx`` for this layer's window and stride."""
+        return _new_dx(shape, dtype, self.size, self.stride)
 
-        Zeroed unless the windows tile the input exactly, so that every entry gets written.
-        """
-        (kh, kw), (sh, sw) = self.size, self.stride
-        c, n, h, w = shape
-        disjoint = sh >= kh and sw >= kw
-        exact = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
-        return (np.empty if exact else np.zeros)(shape, dtype), disjoint
-
-    def _scatter(self, x_shape: tuple[int, ...], parts) -> np.ndarray:
+    def _scatter(self, x_shape: Shape, parts: Callable[[int, int], np.ndarray]) -> np.ndarray:
         """Sum per-offset contributions ``parts(a, b) -> (N, C, Ho, Wo)`` into ∂L/∂X.
 
         Windows may overlap (stride < size), so contributions add up.
@@ -98,11 +113,11 @@ class MaxPool(_WindowPool):
     gradient.  Overlapping windows that share an arg-max add their gradients.
 
     Forward keeps only the maxima (and holds on to the output it returns); backward
-    finds each window's arg-max by scanning
-    the offsets in row-major order for the first input equal to the maximum (the
-    maximum is one of the inputs, exactly).  Backward multiplies δ by that 0/1 mask,
-    so a non-finite δ also reaches the window's other inputs as NaN (a finite δ never
-    does); a window holding NaN passes no gradient.
+    finds each window's arg-max by scanning the offsets in row-major order for the
+    first input equal to the maximum (the maximum is one of the inputs, exactly).
+    Backward multiplies δ by that 0/1 mask, so a non-finite δ also reaches the
+    window's other inputs as NaN (a finite δ never does); a window holding NaN
+    passes no gradient.
     """
 
     kind = "pool"
@@ -129,7 +144,7 @@ class MaxPool(_WindowPool):
                 view += hit * dyc
         return dxc.transpose(1, 0, 2, 3)
 
-    def _first_max(self, xc: np.ndarray, y: np.ndarray):
+    def _first_max(self, xc: np.ndarray, y: np.ndarray) -> Iterator[np.ndarray]:
         """For each offset in row-major order, the windows whose first maximum is that offset (a
         reused boolean array, valid until the next one is yielded)."""
         hit = self._work_array("hit", y.shape, np.bool_)
@@ -267,9 +282,7 @@ class Subsample(Layer):
         self, scale: int, init: dict[str, Initializer] | None = None, name: str | None = None
     ) -> None:
         super().__init__(name)
-        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-            raise ShapeError(self.name, f"scale must be a positive int, got {scale!r}")
-        self.scale = int(scale)
+        self.scale = positive_int(scale, "scale", self.name)
         self.init = {"beta": Constant(1.0 / self.scale**2), "b": Zeros(), **(init or {})}
 
     def hyper(self) -> dict[str, object]:
@@ -290,14 +303,12 @@ class Subsample(Layer):
         return self.scale**2, 1
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        xc = x.transpose(1, 0, 2, 3)  # channel-major (C, N, H, W)
         k = self.scale
-        ho, wo = xc.shape[2] // k, xc.shape[3] // k
-        down = xc[:, :, : ho * k : k, : wo * k : k].copy()  # Σ over each k×k block, one offset at a time
-        for a in range(k):
-            for b in range(k):
-                if a or b:
-                    down += xc[:, :, a : ho * k : k, b : wo * k : k]
+        # channel-major (C, N, H, W); Σ over each k×k block, one offset at a time
+        offsets = _offset_views(x.transpose(1, 0, 2, 3), (k, k), (k, k))
+        down = offsets[0][2].copy()
+        for _, _, v in offsets[1:]:
+            down += v
         beta, bias = self.params["beta"], self.params["b"]
         # not in place: a complex b (complex-step on b) must be able to upcast a real z
         z = down * beta[:, None, None, None] + bias[:, None, None, None]
@@ -308,13 +319,10 @@ class Subsample(Layer):
         x, down = self._saved(), self._down
         dyc = dy.transpose(1, 0, 2, 3)
         k = self.scale
-        c, n, ho, wo = down.shape
         self.grads["beta"] = (dyc * down).sum(axis=(1, 2, 3))
         self.grads["b"] = dyc.sum(axis=(1, 2, 3))
         g = dyc * self.params["beta"][:, None, None, None]
-        h, w = x.shape[2:]
-        dxc = (np.empty if (h % k, w % k) == (0, 0) else np.zeros)((c, n, h, w), dtype=g.dtype)
-        for a in range(k):
-            for b in range(k):
-                dxc[:, :, a : ho * k : k, b : wo * k : k] = g
+        dxc, _ = _new_dx(x.transpose(1, 0, 2, 3).shape, g.dtype, (k, k), (k, k))  # blocks are disjoint
+        for _, _, view in _offset_views(dxc, (k, k), (k, k)):
+            view[...] = g
         return dxc.transpose(1, 0, 2, 3)
