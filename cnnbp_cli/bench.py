@@ -204,17 +204,6 @@ def engine_step(
     return step
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def profile_layers(
     net: Sequential, loss: Loss, optimizer: SGD, x: np.ndarray, y: np.ndarray, steps: int
 ) -> tuple[list[LayerTime], float]:
@@ -479,15 +468,14 @@ def run_bench(
 
     # time the engine and torch from the same weights: keep a copy, restore it after profiling
     start = {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
-    step = engine_step(net, loss, optimizer, x, y)
+    fns = [engine_step(net, loss, optimizer, x, y)]
+    if mirror is not None:
+        fns.append(mirror.step_fn(x, y, optimizer))
+    times = alternate(fns, steps, warmup)  # with the engine alone: plain repeated steps
+    engine = Timing.of(times[0], batch)
     torch_timing = ratio = None
     if mirror is not None:
-        t_engine, t_torch = alternate([step, mirror.step_fn(x, y, optimizer)], steps, warmup)
-        torch_timing = Timing.of(t_torch, batch)
-    else:
-        t_engine = time_steps(step, steps, warmup)
-    engine = Timing.of(t_engine, batch)
-    if torch_timing is not None:
+        torch_timing = Timing.of(times[1], batch)
         ratio = engine.median_ms / torch_timing.median_ms
     for lname, group in start.items():
         net.layer(lname).set_params(group)

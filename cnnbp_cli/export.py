@@ -55,7 +55,8 @@ from cnnbp_cli.exporters import (
     to_onnx,
     verify_onnx,
 )
-from cnnbp_cli.render import print_error, stdout_console
+from cnnbp_cli.render import json_number, print_error, stdout_console
+from cnnbp_cli.spec import RunConfig
 from core.network import Sequential
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-9}  # per unit of output magnitude (see onnx_tolerance)
@@ -87,11 +88,23 @@ class Source:
     path: Path
     ck: Checkpoint
     config: dict[str, Any]  # the checkpoint's /config, parsed
+    cfg: RunConfig  # the same, validated
     net: Sequential
 
 
-def rebuild(path: Path, ck: Checkpoint, config: dict[str, Any]) -> Sequential:
-    """The checkpoint's network: built from its config in its dtype, its weights copied in.
+def checkpoint_config(path: Path, ck: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's ``/config`` parsed as a mapping; UserError naming ``path`` when it is not one."""
+    try:
+        config = yaml.safe_load(ck.config)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: /config is not a config mapping")
+    return config
+
+
+def rebuild(path: Path, ck: Checkpoint, config: dict[str, Any]) -> tuple[RunConfig, Sequential]:
+    """The checkpoint's validated config and network: built from it in its dtype, its weights copied in.
 
     Raises UserError naming the checkpoint when the config does not rebuild the recorded model.
     """
@@ -108,7 +121,7 @@ def rebuild(path: Path, ck: Checkpoint, config: dict[str, Any]) -> Sequential:
             f"{', '.join(ck.layer_names)}"
         )
     apply_params(net, ck.weights, source=f"{path}: /weights")
-    return net
+    return cfg, net
 
 
 def load_source(target: Path, checkpoint: str | None) -> Source:
@@ -117,13 +130,8 @@ def load_source(target: Path, checkpoint: str | None) -> Source:
     ck = read_checkpoint(path)
     if ck.dtype not in TOLERANCE:
         raise UserError(f"{path}: dtype {ck.dtype!r} cannot be exported (float32 or float64)")
-    try:
-        config = yaml.safe_load(ck.config)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: /config is not a config mapping")
-    return Source(path, ck, config, rebuild(path, ck, config))
+    config = checkpoint_config(path, ck)
+    return Source(path, ck, config, *rebuild(path, ck, config))
 
 
 # ---- where the file goes ----------------------------------------------------------------------------
@@ -260,8 +268,7 @@ def verify_params_file(src: Source, fmt: Format, file: Path, x: np.ndarray) -> t
 
 def rebuild_fresh(src: Source) -> Sequential:
     """The same architecture and dtype as ``src.net``, with its own (initial) values."""
-    cfg = config_from_dict(src.config, source=f"{src.path}:/config")
-    return build_network(cfg).build(np.random.default_rng(1), np.dtype(src.ck.dtype))
+    return build_network(src.cfg).build(np.random.default_rng(1), np.dtype(src.ck.dtype))
 
 
 def onnx_tolerance(dtype: str, outputs: np.ndarray) -> tuple[float, float]:
@@ -323,8 +330,8 @@ class Report:
 
     def to_json(self) -> str:
         d = asdict(self)
-        if d["max_abs_diff"] is not None and not math.isfinite(d["max_abs_diff"]):
-            d["max_abs_diff"] = None if math.isnan(d["max_abs_diff"]) else "inf"
+        if d["max_abs_diff"] is not None:
+            d["max_abs_diff"] = json_number(d["max_abs_diff"])
         return json.dumps(d)
 
 

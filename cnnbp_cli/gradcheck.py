@@ -50,7 +50,6 @@ from typing import Annotated, Any
 import h5py
 import numpy as np
 import typer
-import yaml
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -62,14 +61,13 @@ from cnnbp_cli.config import (  # apply_override: the same --set KEY=VALUE rules
     apply_override,
     build_loss,
     build_network,
-    config_from_dict,
     default_config_path,
     load_config,
 )
 from cnnbp_cli.data import load_dataset
 from cnnbp_cli.errors import UserError
-from cnnbp_cli.export import rebuild
-from cnnbp_cli.render import shape_text, stderr_console, stdout_console
+from cnnbp_cli.export import checkpoint_config, rebuild
+from cnnbp_cli.render import json_number, shape_text, stderr_console, stdout_console
 from cnnbp_cli.spec import RunConfig
 from cnnbp_cli.train import load_initial_weights, n_outputs
 from core.gradcheck import (
@@ -163,19 +161,13 @@ def resolve_network(target: Path | None, checkpoint: str | None, sets: list[str]
 
     path = resolve_target(target, checkpoint)
     ck = read_checkpoint(path)
-    try:
-        raw = yaml.safe_load(ck.config)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: /config is not a config mapping")
+    raw = checkpoint_config(path, ck)
     for text in sets:
         key = text.partition("=")[0].strip()
         if key != "data" and not key.startswith(("data.", "data[")):
             raise UserError(f"--set {text}: a checkpoint's network is fixed; only data.* can be changed here")
         apply_override(raw, text)
-    net = rebuild(path, ck, raw)
-    cfg = config_from_dict(raw, source=f"{path}:/config")
+    cfg, net = rebuild(path, ck, raw)
     weights = f"run {ck.run_name}, epoch {ck.epoch}, {ck.dtype}"
     return _Network(cfg, net, "checkpoint", str(path), weights, ck)
 
@@ -202,11 +194,11 @@ def choose_inputs(
     found: _Network, samples: int, rng: np.random.Generator, seed: int
 ) -> tuple[np.ndarray, np.ndarray, str, str, list[int]]:
     """The batch to check: ``(x, y, "data" | "probe", description, training-set indices)``."""
-    cfg = found.cfg
-    missing = _data_missing(cfg) if found.ck is not None else None
-    if found.ck is not None and missing is not None:
-        ck = found.ck
-        n_probe = int(np.asarray(ck.probe_x).shape[0]) if np.asarray(ck.probe_x).ndim else 0
+    cfg, ck = found.cfg, found.ck
+    missing = _data_missing(cfg) if ck is not None else None
+    if ck is not None and missing is not None:
+        probe_x = np.asarray(ck.probe_x)
+        n_probe = int(probe_x.shape[0]) if probe_x.ndim else 0
         if n_probe == 0:
             raise UserError(
                 f"{missing}: data not found and {found.target} has no probe samples; "
@@ -218,7 +210,7 @@ def choose_inputs(
             f"{len(pick)} of the checkpoint's {n_probe} probe samples (data not found here: {missing}), "
             f"drawn with seed {seed}; training-set indices {_listed(index)}"
         )
-        return np.asarray(ck.probe_x)[pick], np.asarray(ck.probe_y)[pick], "probe", text, index
+        return probe_x[pick], np.asarray(ck.probe_y)[pick], "probe", text, index
 
     out = n_outputs(found.net.summary()[-1].output_shape)
     data = load_dataset(cfg.data, cfg.model.input_shape, out, np.dtype(cfg.dtype), cfg.seed, cfg.base_dir)
@@ -431,20 +423,12 @@ def footer(subject: Subject, result: GradcheckResult, strict: bool) -> Table:
     return grid
 
 
-def _finite(value: float) -> float | str | None:
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
 def _row_json(r: TensorCheck) -> dict[str, Any]:
     d = asdict(r)
     d["shape"] = list(r.shape)
     d["worst_index"] = list(r.worst_index)
     for key in ("max_rel_error", "analytic", "numeric"):
-        d[key] = _finite(d[key])
+        d[key] = json_number(d[key])
     return d
 
 

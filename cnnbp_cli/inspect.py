@@ -91,8 +91,7 @@ def run_folder(target: Path) -> Path | None:
 
 def load_checkpoint(target: Path, checkpoint: str) -> Checkpoint:
     """Read the checkpoint ``--checkpoint`` names (``last`` or an epoch) of a run folder or file."""
-    choice = None if checkpoint == "last" else checkpoint
-    return read_checkpoint(resolve_target(target, choice))
+    return read_checkpoint(resolve_target(target, checkpoint))
 
 
 def load_all(target: Path) -> list[Checkpoint]:
@@ -204,8 +203,8 @@ def layer_row(ck: Checkpoint, layer: LayerRecord) -> dict[str, Any]:
         "input_shape": list(layer.input_shape),
         "output_shape": list(layer.output_shape),
         "params": int(sum(w.size for w in weights)),
-        "param_norm": norm(weights) if weights else math.nan,
-        "grad_norm": norm(grads) if grads else math.nan,
+        "param_norm": norm(weights),
+        "grad_norm": norm(grads),
         "delta_mean_abs": float(d.mean()) if d.size else math.nan,
         "delta_max_abs": float(d.max()) if d.size else math.nan,
     }
@@ -277,7 +276,8 @@ def dataset_text(cfg: dict[str, Any]) -> str:
 
 def planned_epochs(cfg: dict[str, Any]) -> int | None:
     """``train.epochs`` of a run's config, when it is there."""
-    value = (cfg.get("train") or {}).get("epochs") if isinstance(cfg.get("train"), dict) else None
+    train = cfg.get("train")
+    value = train.get("epochs") if isinstance(train, dict) else None
     return value if isinstance(value, int) else None
 
 
@@ -501,7 +501,7 @@ def norms_data(cks: list[Checkpoint], names: Sequence[str] | None, which: str) -
                 values.append(delta_norm(np.asarray(d)) if d is not None else math.nan)
             else:
                 group = (ck.grads if which == "grads" else ck.weights).get(layer.name, {})
-                values.append(norm(list(group.values())) if group else math.nan)
+                values.append(norm(list(group.values())))
         rows.append({"name": layer.name, "type": layer.type, "values": values})
     measure = {
         "deltas": DELTA_NORM_CAPTION,
@@ -539,9 +539,9 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
     for key, value in rows:
         line = Text(key.ljust(key_w), style="bold")
         line.append(value)
-        console.print(line, soft_wrap=True) if len(line.plain) <= style.width else console.print(
-            Text(tp.clip(line.plain, style.width)), soft_wrap=True
-        )
+        if len(line.plain) > style.width:  # cut with …, printed without the bold key
+            line = Text(tp.clip(line.plain, style.width))
+        console.print(line, soft_wrap=True)
 
     p = style.precision
     headers = ("layer", "type", "output", "params", "‖θ‖", "‖∂L/∂θ‖", "mean|δ|", "max|δ|")

@@ -1,7 +1,8 @@
 """Terminal output: consoles, the model table, training progress and the run summary.
 
 Data (tables, summaries, JSON lines) goes to stdout; progress and errors go to stderr.  Colour and
-live bars follow rich's own detection, so ``NO_COLOR``, ``TERM=dumb`` and pipes get plain text.
+live bars follow rich's own detection: ``TERM=dumb`` and pipes get plain text; ``NO_COLOR`` drops the
+colours, while on a terminal rich still draws bold and dim (``cnnbp inspect`` turns those off too).
 """
 
 from __future__ import annotations
@@ -190,6 +191,15 @@ class JsonLines:
 
     def stop(self) -> None:
         pass
+
+
+def json_number(value: float) -> float | str | None:
+    """A number for a JSON report: NaN as null, ±inf as ``"inf"`` / ``"-inf"``, others unchanged."""
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
 
 
 def _json_value(key: str, value: float) -> Any:

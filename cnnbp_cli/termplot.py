@@ -70,8 +70,8 @@ def plain_number(value: float, precision: int, exponent: int = 0) -> str:
     return zero if text == "-" + zero else text
 
 
-def scalar(value: float, precision: int = 4) -> str:
-    """One number with ``precision`` significant digits (``-`` when NaN or infinite is not meant)."""
+def scalar(value: float | None, precision: int = 4) -> str:
+    """One number with ``precision`` significant digits (``-`` for None, ``nan``, ``inf`` as such)."""
     if value is None:
         return "-"
     v = float(value)
