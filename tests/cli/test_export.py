@@ -428,3 +428,20 @@ def test_apply_params_missing_and_extra_names() -> None:
     text = {**good, "dense1": {**good["dense1"], "b": np.array(["a", "b", "c"])}}
     with pytest.raises(UserError, match=r"^f\.json: layer dense1 parameter b is not a real numeric array"):
         apply_params(model, text, source="f.json")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_exported_files_get_the_usual_file_mode(tmp_path: Path, fmt: str) -> None:
+    """The atomic write must not leave the temporary file's 0600 mode on the export."""
+    import os
+    import stat
+
+    net = Sequential([Dense(2, name="d")], (3,)).build(np.random.default_rng(0), np.float64)
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "npz":
+        save_npz(net, "seed: 0\n", path)
+    else:
+        save_json(net, {"seed": 0}, path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
