@@ -1,8 +1,9 @@
-"""HDF5 checkpoints: the self-contained state of a run at the end of an epoch.
+"""HDF5 checkpoints: the self-contained state of a run at the end of an epoch (or inside one, when stopped).
 
 A run keeps its checkpoints in ``runs/<name>/checkpoints/NNNN.h5``, NNNN being the epoch zero-padded to
 four digits (more when the epoch needs them).  ``0000.h5`` is the initial state, before any update; then
-one every ``record.every`` epochs, and always one for the last epoch.  Each file stands on its own:
+one every ``record.every`` epochs, always one for the last epoch, and one when a run is stopped (see
+``interrupted`` below).  Each file stands on its own:
 
 ```
 /                         attrs: format="cnnbp-checkpoint", format_version=1, cnnbp_version,

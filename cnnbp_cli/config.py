@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import numpy as np
 import yaml
 
-from cnnbp_cli.data import DataSpec
+from cnnbp_cli.data import PATH_SOURCES, SOURCES, SPLIT_KEYS, DataSpec
 from cnnbp_cli.errors import UserError
 from cnnbp_cli.spec import (
     DTYPES,
@@ -57,11 +57,8 @@ __all__ = [
 # ---- the vocabulary of the format --------------------------------------------------------------------
 
 ACTIVATION_TYPES: tuple[str, ...] = ("sigmoid", "tanh", "relu", "identity")
-DATA_SOURCES: tuple[str, ...] = ("digits", "npz", "idx", "hdf5", "inline")
 POOL_MODES: tuple[str, ...] = ("max", "mean", "lp")
 BIAS_KINDS: tuple[str, ...] = ("tied", "untied")
-HDF5_ROLES: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
-_PATH_SOURCES = ("npz", "idx", "hdf5")
 
 _TOP_KEYS = ("name", "seed", "dtype", "data", "model", "loss", "train", "record")
 _DATA_KEYS = ("source", "path", "scale", "val_fraction", "limit", "keys", "x", "y")
@@ -487,10 +484,10 @@ def config_from_dict(raw: dict, *, source: str = "<config>", base_dir: Path | No
 def _data(raw: Any, base_dir: Path | None) -> tuple[DataSpec, dict]:
     d = _mapping(raw, "data")
     _check_keys(d, "data", _DATA_KEYS)
-    source = _required(d, "source", "data", f": one of {', '.join(DATA_SOURCES)}")
-    source = _choice(source, "data.source", DATA_SOURCES)
+    source = _required(d, "source", "data", f": one of {', '.join(SOURCES)}")
+    source = _choice(source, "data.source", SOURCES)
     path = d.get("path")
-    if source in _PATH_SOURCES:
+    if source in PATH_SOURCES:
         if path is None:
             _fail("data.path", f"required for source {source!r}")
         path = _absolute(_path_string(path, "data.path"), base_dir)
@@ -508,8 +505,8 @@ def _data(raw: Any, base_dir: Path | None) -> tuple[DataSpec, dict]:
     if keys is not None:
         if source != "hdf5":
             _fail("data.keys", f"only used by source 'hdf5', not {source!r}; remove it")
-        _mapping(keys, "data.keys", f"a mapping of {', '.join(HDF5_ROLES)} to dataset names")
-        _check_keys(keys, "data.keys", HDF5_ROLES)
+        _mapping(keys, "data.keys", f"a mapping of {', '.join(SPLIT_KEYS)} to dataset names")
+        _check_keys(keys, "data.keys", SPLIT_KEYS)
         keys = {role: _path_string(v, f"data.keys.{role}") for role, v in keys.items()}
 
     inline: dict[str, list | None] = {"x": None, "y": None}

@@ -21,9 +21,21 @@ import numpy as np
 
 from cnnbp_cli.errors import UserError
 
-__all__ = ["DataSpec", "Dataset", "SOURCES", "load_dataset", "load_digits", "read_idx"]
+__all__ = [
+    "PATH_SOURCES",
+    "SOURCES",
+    "SPLIT_KEYS",
+    "DataSpec",
+    "Dataset",
+    "load_dataset",
+    "load_digits",
+    "read_idx",
+]
 
 SOURCES: tuple[str, ...] = ("digits", "npz", "idx", "hdf5", "inline")
+PATH_SOURCES: tuple[str, ...] = ("npz", "idx", "hdf5")  # the sources that read data.path
+# the arrays a file source holds (NPZ keys; HDF5 roles that data.keys may rename)
+SPLIT_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 
 # MNIST file names in an ``idx`` folder, in the order (train images, train labels, test images, test labels).
 _MNIST_FILES: tuple[str, ...] = (
@@ -45,7 +57,6 @@ _IDX_TYPES: dict[int, tuple[str, str]] = {
 }
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-_SPLIT_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 _NUMERIC_KINDS = "biuf"
 
 
@@ -218,8 +229,7 @@ def _check_spec(spec: DataSpec) -> None:
     if spec.scale is not None and (not _is_real(spec.scale) or not math.isfinite(float(spec.scale))):
         raise UserError(f"data.scale: must be a finite number, got {spec.scale!r}")
 
-    needs_path = spec.source in ("npz", "idx", "hdf5")
-    if needs_path:
+    if spec.source in PATH_SOURCES:
         if spec.path is None:
             raise UserError(f"data.path: required for source {spec.source!r}")
         if not isinstance(spec.path, str | Path) or not str(spec.path).strip():
@@ -416,7 +426,7 @@ def _read_npz(path: Path) -> _Raw:
             if has_x_test != has_y_test:
                 present, absent = ("x_test", "y_test") if has_x_test else ("y_test", "x_test")
                 raise UserError(f"{path}: has {present!r} but not {absent!r}; give both or neither")
-            wanted = [k for k in _SPLIT_KEYS if k in files]
+            wanted = [k for k in SPLIT_KEYS if k in files]
             for key in wanted:
                 try:
                     arrays[key] = np.asarray(npz[key])
@@ -451,14 +461,14 @@ def _raw_from_parts(kind: str, path: Path, parts: dict[str, _Part]) -> _Raw:
 
 def _read_hdf5(path: Path, keys: dict[str, str] | None) -> _Raw:
     """Read the datasets named by ``keys`` (default: x_train, y_train[, x_test, y_test]) from an HDF5 file."""
-    names = {k: k for k in _SPLIT_KEYS}
+    names = {k: k for k in SPLIT_KEYS}
     explicit: set[str] = set()
     if keys is not None:
         if not isinstance(keys, dict):
-            raise UserError(f"data.keys: must be a mapping of {', '.join(_SPLIT_KEYS)} to dataset names")
+            raise UserError(f"data.keys: must be a mapping of {', '.join(SPLIT_KEYS)} to dataset names")
         for role, name in keys.items():
-            if role not in _SPLIT_KEYS:
-                raise UserError(f"data.keys: unknown key {role!r} (expected {', '.join(_SPLIT_KEYS)})")
+            if role not in SPLIT_KEYS:
+                raise UserError(f"data.keys: unknown key {role!r} (expected {', '.join(SPLIT_KEYS)})")
             if not isinstance(name, str) or not name:
                 raise UserError(f"data.keys.{role}: must be a non-empty dataset name, got {name!r}")
             names[role] = name

@@ -149,7 +149,7 @@ class MetricsLog:
             writer = csv.writer(buf, lineterminator="\n")
             writer.writerow(METRIC_COLUMNS)
             for values in zip(*(self.history[c] for c in METRIC_COLUMNS), strict=True):
-                writer.writerow([_cell(c, v) for c, v in zip(METRIC_COLUMNS, values, strict=True)])
+                writer.writerow(_cells(values))
             _write_atomic(self.path, buf.getvalue())
         new = not self.path.exists() or self.path.stat().st_size == 0
         try:
@@ -167,7 +167,7 @@ class MetricsLog:
         for c, v in zip(METRIC_COLUMNS, values, strict=True):
             self.history[c].append(v)
         try:
-            self._writer.writerow([_cell(c, v) for c, v in zip(METRIC_COLUMNS, values, strict=True)])
+            self._writer.writerow(_cells(values))
             self._sync()
         except OSError as e:
             raise UserError(f"{self.path}: cannot write ({e.strerror or e})") from None
@@ -184,6 +184,11 @@ class MetricsLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cells(values: Sequence[float]) -> list[str]:
+    """One row's values, in ``METRIC_COLUMNS`` order, as the cells of a ``metrics.csv`` line."""
+    return [_cell(c, v) for c, v in zip(METRIC_COLUMNS, values, strict=True)]
 
 
 def _cell(column: str, value: float) -> str:

@@ -34,6 +34,8 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """The ``model`` section: input shape, layers in order, and where initial weights come from."""
+
     input_shape: tuple[int, ...]
     layers: tuple[LayerSpec, ...]
     init_from: str | None = None
@@ -41,6 +43,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """The ``train`` section with its defaults (``divergence_factor`` None: no such check)."""
+
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.1
@@ -52,6 +56,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class RecordSpec:
+    """The ``record`` section: probe samples per checkpoint, and a checkpoint every ``every`` epochs."""
+
     probe: int = 8
     every: int = 1
 

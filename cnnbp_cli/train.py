@@ -90,6 +90,11 @@ EXIT_DIVERGED = 1
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """The optimiser updates of one epoch: the last batch may be short."""
+    return -(-n_train // batch_size)
+
+
 def choose_probe(n_train: int, n_probe: int, seed: int) -> np.ndarray:
     """Indices of the probe samples in the training set (sorted; at most ``n_train`` of them)."""
     rng = np.random.default_rng([seed, PROBE_STREAM])
@@ -279,7 +284,7 @@ def fit(
         divergence_factor=t.divergence_factor,
     )  # fmt: skip
     n = data.x_train.shape[0]
-    batches = -(-n // t.batch_size)
+    batches = batches_per_epoch(n, t.batch_size)
     probe = choose_probe(n, cfg.record.probe, cfg.seed)
     remove_stale_tmp(checkpoints_dir(run_dir))
     remove_stale_run_tmp(run_dir)
@@ -293,14 +298,13 @@ def fit(
     watchers = [r for r in reporters if r.wants_batches]
     hook = _signal_hook()
     stop = stop or StopFlag()
-    rows: list[dict[str, float]] = []
-    saved_step, logged, first, replace = -1, -1, 1, -1
+    # the metrics rows logged so far (a resumed run's history, else none yet)
+    cols = list(log.history.values())
+    rows = [dict(zip(log.history, values, strict=True)) for values in zip(*cols, strict=True)]
+    saved_step, first, replace = -1, 1, -1
     fresh = start is None or start.checkpoint is None
     if start is not None and not fresh:
         trainer.step, trainer.first_loss = start.step, start.first_loss
-        cols = list(log.history.values())
-        rows = [dict(zip(log.history, values, strict=True)) for values in zip(*cols, strict=True)]
-        logged = start.epoch if start.progress is None else start.epoch - 1
         saved_step = start.step
         first = start.next_epoch
         replace = start.epoch if start.replace else -1
@@ -320,8 +324,9 @@ def fit(
 
     def save_stop() -> Path | None:
         """Save the state reached, if it is whole and not in the last checkpoint already."""
-        if trainer.mid_update or trainer.step == saved_step or logged < 0:
+        if trainer.mid_update or trainer.step == saved_step or not rows:
             return None
+        logged = int(rows[-1]["epoch"])
         p = trainer.progress
         if p is None or p.epoch == logged:  # at the end of epoch `logged`, its row written
             return run.save(logged, rows[-1], interrupted=True)
@@ -338,7 +343,6 @@ def fit(
                 }  # fmt: skip
                 log.append(row)
                 rows.append(row)
-                logged = 0
                 run.save(0, row)
                 saved_step = trainer.step
             for r in reporters:
@@ -362,7 +366,6 @@ def fit(
                 }  # fmt: skip
                 log.append(row)
                 rows.append(row)
-                logged = epoch
                 if epoch % every == 0 or epoch == epochs or epoch == replace:
                     run.save(epoch, row)
                     saved_step = trainer.step
@@ -529,7 +532,7 @@ def _train(
     optimizer = SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sha = None
     if resume is not None:
-        batches = -(-data.x_train.shape[0] // t.batch_size)
+        batches = batches_per_epoch(data.x_train.shape[0], t.batch_size)
         sha = data_fingerprint(data)
         start = start_state(ck, batches, sha, force)
         if ck is not None:
