@@ -10,7 +10,10 @@ Shape = tuple[int, ...]
 
 
 class Initializer:
-    """Callable ``(shape, fan_in, fan_out, rng, dtype, where) -> array``."""
+    """Callable ``(shape, fan_in, fan_out, rng, dtype, where) -> array`` of ``dtype``.
+
+    A scheme implements ``draw``; ``where`` (``layer.param``) names the parameter in errors.
+    """
 
     name = "initializer"
 
@@ -23,6 +26,12 @@ class Initializer:
         dtype: np.dtype,
         where: str = "",
     ) -> np.ndarray:
+        return self.draw(tuple(shape), fan_in, fan_out, rng, where).astype(dtype, copy=False)
+
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
+    ) -> np.ndarray:
+        """The values, in float64 (``__call__`` casts them)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -37,18 +46,12 @@ class GlorotUniform(Initializer):
 
     name = "glorot_uniform"
 
-    def __call__(
-        self,
-        shape: Shape,
-        fan_in: int,
-        fan_out: int,
-        rng: np.random.Generator,
-        dtype: np.dtype,
-        where: str = "",
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
     ) -> np.ndarray:
         r = np.sqrt(6.0 / (fan_in + fan_out))
         # DLT draws (rand − 0.5)·2·r; rng.uniform(−r, r) is the same distribution.
-        return rng.uniform(-r, r, size=shape).astype(dtype, copy=False)
+        return rng.uniform(-r, r, size=shape)
 
 
 class HeNormal(Initializer):
@@ -56,16 +59,10 @@ class HeNormal(Initializer):
 
     name = "he_normal"
 
-    def __call__(
-        self,
-        shape: Shape,
-        fan_in: int,
-        fan_out: int,
-        rng: np.random.Generator,
-        dtype: np.dtype,
-        where: str = "",
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
     ) -> np.ndarray:
-        return (rng.standard_normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(dtype, copy=False)
+        return rng.standard_normal(size=shape) * np.sqrt(2.0 / fan_in)
 
 
 class Zeros(Initializer):
@@ -73,16 +70,10 @@ class Zeros(Initializer):
 
     name = "zeros"
 
-    def __call__(
-        self,
-        shape: Shape,
-        fan_in: int,
-        fan_out: int,
-        rng: np.random.Generator,
-        dtype: np.dtype,
-        where: str = "",
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
     ) -> np.ndarray:
-        return np.zeros(shape, dtype=dtype)
+        return np.zeros(shape)
 
 
 class Constant(Initializer):
@@ -93,16 +84,10 @@ class Constant(Initializer):
     def __init__(self, value: float) -> None:
         self.value = float(value)
 
-    def __call__(
-        self,
-        shape: Shape,
-        fan_in: int,
-        fan_out: int,
-        rng: np.random.Generator,
-        dtype: np.dtype,
-        where: str = "",
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
     ) -> np.ndarray:
-        return np.full(shape, self.value, dtype=dtype)
+        return np.full(shape, self.value)
 
     def __repr__(self) -> str:
         return f"Constant({self.value!r})"
@@ -116,20 +101,14 @@ class Explicit(Initializer):
     def __init__(self, values: np.ndarray | list) -> None:
         self.values = np.asarray(values, dtype=np.float64)
 
-    def __call__(
-        self,
-        shape: Shape,
-        fan_in: int,
-        fan_out: int,
-        rng: np.random.Generator,
-        dtype: np.dtype,
-        where: str = "",
+    def draw(
+        self, shape: Shape, fan_in: int, fan_out: int, rng: np.random.Generator, where: str
     ) -> np.ndarray:
-        if self.values.shape != tuple(shape):
+        if self.values.shape != shape:
             layer, _, key = where.rpartition(".")
             problem = f"init {key or 'values'} has shape {self.values.shape}, expected {tuple(shape)}"
             raise ShapeError(layer or "init", problem)
-        return self.values.astype(dtype, copy=True)
+        return self.values.copy()  # the caller owns (and may update) the parameter array
 
     def __repr__(self) -> str:
         return f"Explicit(shape={self.values.shape})"
