@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.gradcheck import GradcheckResult, gradcheck  # noqa: E402
-from core.layers import Conv2D, Dense, Flatten, MeanPool, Sigmoid  # noqa: E402
-from core.losses import MSE  # noqa: E402
-from core.network import Sequential  # noqa: E402
+from cnnbp.core.gradcheck import GradcheckResult, gradcheck  # noqa: E402
+from cnnbp.core.layers import Conv2D, Dense, Flatten, MeanPool, Sigmoid  # noqa: E402
+from cnnbp.core.losses import MSE  # noqa: E402
+from cnnbp.core.network import Sequential  # noqa: E402
 
 
 def dlt_network(seed: int = 0) -> Sequential:

@@ -52,10 +52,9 @@ def verdict(ok: bool) -> str:
 
 def step_rows(steps: int) -> list[dict]:
     import numpy as np
-
-    from cnnbp_cli.bench import have_torch, run_bench
-    from cnnbp_cli.config import build_loss, build_network, load_config
-    from core.optim import SGD
+    from cnnbp.commands.bench import have_torch, run_bench
+    from cnnbp.config import build_loss, build_network, load_config
+    from cnnbp.core.optim import SGD
 
     if not have_torch():
         print("steps vs PyTorch: skipped (PyTorch is not installed: pip install 'cnnbp[torch]')")
@@ -104,11 +103,11 @@ _EPOCH_SCRIPT = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np
-import cnnbp_cli.train as train_mod
-from cnnbp_cli.config import build_loss, build_network, dump_config, load_config
-from cnnbp_cli.data import load_dataset
-from cnnbp_cli.runs import create_run_dir
-from core.optim import SGD
+import cnnbp.commands.train as train_mod
+from cnnbp.config import build_loss, build_network, dump_config, load_config
+from cnnbp.data import load_dataset
+from cnnbp.runs import create_run_dir
+from cnnbp.core.optim import SGD
 
 def peak_rss():
     # VmHWM: this process's own high-water mark (ru_maxrss would count the parent's size at fork)
@@ -198,7 +197,7 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from cnnbp_cli.bench import limit_threads, torch_wait_passively
+    from cnnbp.commands.bench import limit_threads, torch_wait_passively
 
     limit_threads(args.threads)
     if args.threads > 1:

@@ -1,6 +1,6 @@
-"""``python -m cnnbp_cli``: the same as the ``cnnbp`` command."""
+"""``python -m cnnbp``: the same as the ``cnnbp`` command."""
 
-from cnnbp_cli.app import main
+from cnnbp.app import main
 
 if __name__ == "__main__":
     main()

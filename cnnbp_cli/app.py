@@ -20,11 +20,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import typer  # noqa: E402
+from cnnbp import __version__  # noqa: E402
+from cnnbp.commands import bench, export, gradcheck, inspect, train  # noqa: E402
+from cnnbp.errors import UserError  # noqa: E402
+from cnnbp.render.console import print_error  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
-
-from cnnbp_cli import __version__, bench, export, gradcheck, inspect, train  # noqa: E402
-from cnnbp_cli.errors import UserError  # noqa: E402
-from cnnbp_cli.render import print_error  # noqa: E402
 
 
 class _Group(TyperGroup):

@@ -64,11 +64,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-
-from cnnbp_cli import __version__
-from cnnbp_cli.errors import UserError
-from core.network import Sequential
-from core.optim import SGD
+from cnnbp import __version__
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.errors import UserError
 
 FORMAT = "cnnbp-checkpoint"
 USERBLOCK = 512

@@ -25,10 +25,14 @@ from typing import Any, NoReturn
 
 import numpy as np
 import yaml
-
-from cnnbp_cli.data import PATH_SOURCES, SOURCES, SPLIT_KEYS, DataSpec
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.spec import (
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.init import SCHEMES, Constant, Explicit, Initializer
+from cnnbp.core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, Layer, Pool, Subsample
+from cnnbp.core.losses import LOSSES, Loss
+from cnnbp.core.network import LayerInfo, Sequential
+from cnnbp.data import PATH_SOURCES, SOURCES, SPLIT_KEYS, DataSpec
+from cnnbp.errors import UserError
+from cnnbp.spec import (
     DTYPES,
     LAYER_TYPES,
     LOSS_NAMES,
@@ -38,11 +42,6 @@ from cnnbp_cli.spec import (
     RunConfig,
     TrainSpec,
 )
-from core.errors import ShapeError
-from core.init import SCHEMES, Constant, Explicit, Initializer
-from core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, Layer, Pool, Subsample
-from core.losses import LOSSES, Loss
-from core.network import LayerInfo, Sequential
 
 __all__ = [
     "build_loss",

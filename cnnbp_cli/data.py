@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cnnbp_cli.errors import UserError
+from cnnbp.errors import UserError
 
 __all__ = [
     "PATH_SOURCES",
@@ -184,7 +183,7 @@ def read_idx(path: Path) -> np.ndarray:
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """Return the packaged UCI digits: images ``(1797, 8, 8)`` uint8 in 0..16 and labels ``(1797,)`` uint8."""
     try:
-        ref = resources.files("cnnbp_cli.datasets").joinpath("digits.npz")
+        ref = resources.files("cnnbp.datasets").joinpath("digits.npz")
         with ref.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
             x = np.asarray(npz["x"])
             y = np.asarray(npz["y"])

@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-
-from cnnbp_cli.errors import UserError
-from core.layers import Conv2D, Dense, Flatten, Identity, LpPool, MaxPool, MeanPool, ReLU, Sigmoid, Tanh
-from core.layers.base import Layer
-from core.layers.pooling import Subsample
-from core.losses import SoftmaxCrossEntropy
-from core.network import LayerInfo, Sequential
+from cnnbp.core.layers import Conv2D, Dense, Flatten, Identity, LpPool, MaxPool, MeanPool, ReLU, Sigmoid, Tanh
+from cnnbp.core.layers.base import Layer
+from cnnbp.core.layers.pooling import Subsample
+from cnnbp.core.losses import SoftmaxCrossEntropy
+from cnnbp.core.network import LayerInfo, Sequential
+from cnnbp.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx

@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 import yaml
-
-from cnnbp_cli.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
-from cnnbp_cli.data import Dataset
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.runs import CONFIG, METRIC_COLUMNS
-from core.network import Sequential
-from core.optim import SGD
-from core.trainer import EpochProgress
+from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.trainer import EpochProgress
+from cnnbp.data import Dataset
+from cnnbp.errors import UserError
+from cnnbp.runs import CONFIG, METRIC_COLUMNS
 
 #: config keys a resumed run may change without --force (the total number of epochs)
 FREE_KEYS = ("train.epochs",)

@@ -32,8 +32,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cnnbp_cli.checkpoint import CHECKPOINTS, checkpoint_name
-from cnnbp_cli.errors import UserError
+from cnnbp.checkpoint import CHECKPOINTS, checkpoint_name
+from cnnbp.errors import UserError
 
 CONFIG = "config.yaml"
 METRICS_CSV = "metrics.csv"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnbp_cli.data import DataSpec
+from cnnbp.data import DataSpec
 
 LAYER_TYPES = ("conv", "pool", "subsample", "dense", "flatten", "sigmoid", "tanh", "relu", "identity")
 LOSS_NAMES = ("mse", "softmax_cross_entropy")

@@ -62,15 +62,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.layers.activations import Identity, ReLU, Sigmoid, Tanh
+from cnnbp.core.layers.base import Layer
+from cnnbp.core.layers.conv import Conv2D
+from cnnbp.core.layers.pooling import LpPool, MaxPool, MeanPool, Subsample
+from cnnbp.core.losses import Loss
+from cnnbp.core.network import Sequential
 from numpy.lib.stride_tricks import sliding_window_view
-
-from core.errors import ShapeError
-from core.layers.activations import Identity, ReLU, Sigmoid, Tanh
-from core.layers.base import Layer
-from core.layers.conv import Conv2D
-from core.layers.pooling import LpPool, MaxPool, MeanPool, Subsample
-from core.losses import Loss
-from core.network import Sequential
 
 __all__ = [
     "DEFAULT_ATOL_FLOOR",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from core.errors import ShapeError
+from cnnbp.core.errors import ShapeError
 
 Shape = tuple[int, ...]
 

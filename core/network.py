@@ -6,10 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from core.errors import ShapeError
-from core.layers.base import Layer, Shape
-from core.losses import Loss
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.layers.base import Layer, Shape
+from cnnbp.core.losses import Loss
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from core.losses import Loss
-from core.network import Sequential
-from core.optim import SGD
+from cnnbp.core.losses import Loss
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
 
 Params = dict[str, dict[str, np.ndarray]]
 #: ``on_batch(batch, n_batches, batch_loss)``, called after each update; ``batch`` counts from 1.

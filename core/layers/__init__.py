@@ -1,11 +1,11 @@
 """Every layer of SPEC §3."""
 
-from core.layers.activations import ACTIVATIONS, Identity, ReLU, Sigmoid, Tanh
-from core.layers.base import Layer
-from core.layers.conv import Conv2D
-from core.layers.dense import Dense
-from core.layers.pooling import LpPool, MaxPool, MeanPool, Pool, Subsample
-from core.layers.shape import Flatten
+from cnnbp.core.layers.activations import ACTIVATIONS, Identity, ReLU, Sigmoid, Tanh
+from cnnbp.core.layers.base import Layer
+from cnnbp.core.layers.conv import Conv2D
+from cnnbp.core.layers.dense import Dense
+from cnnbp.core.layers.pooling import LpPool, MaxPool, MeanPool, Pool, Subsample
+from cnnbp.core.layers.shape import Flatten
 
 __all__ = [
     "ACTIVATIONS",

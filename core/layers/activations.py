@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from core.layers.base import Layer
+from cnnbp.core.layers.base import Layer
 
 
 class Sigmoid(Layer):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
-from core.errors import ShapeError
-from core.init import Initializer, Zeros
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.init import Initializer, Zeros
 
 Shape = tuple[int, ...]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.init import GlorotUniform, Initializer, Zeros
+from cnnbp.core.layers.base import Layer, Shape, expect_rank, pair, positive_int
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
-
-from core.errors import ShapeError
-from core.init import GlorotUniform, Initializer, Zeros
-from core.layers.base import Layer, Shape, expect_rank, pair, positive_int
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
-from core.errors import ShapeError
-from core.init import GlorotUniform, Initializer, Zeros
-from core.layers.base import Layer, Shape, positive_int
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.init import GlorotUniform, Initializer, Zeros
+from cnnbp.core.layers.base import Layer, Shape, positive_int
 
 
 class Dense(Layer):

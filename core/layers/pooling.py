@@ -6,11 +6,10 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
-
-from core.errors import ShapeError
-from core.init import Constant, Initializer, Zeros
-from core.layers.base import Layer, Shape, expect_rank, pair, positive_int
-from core.layers.conv import windows
+from cnnbp.core.errors import ShapeError
+from cnnbp.core.init import Constant, Initializer, Zeros
+from cnnbp.core.layers.base import Layer, Shape, expect_rank, pair, positive_int
+from cnnbp.core.layers.conv import windows
 
 
 def pool_output_size(size: int, window: int, stride: int) -> int:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from core.layers.base import Layer, Shape
+from cnnbp.core.layers.base import Layer, Shape
 
 
 class Flatten(Layer):

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cnnbp.app import app
+from cnnbp.commands import bench as bench_mod
+from cnnbp.core import MSE, SGD, Sequential, SoftmaxCrossEntropy
+from cnnbp.core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, Pool, Subsample
 from typer.testing import CliRunner
-
-from cnnbp_cli import bench as bench_mod
-from cnnbp_cli.app import app
-from core import MSE, SGD, Sequential, SoftmaxCrossEntropy
-from core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, Pool, Subsample
 
 runner = CliRunner()
 

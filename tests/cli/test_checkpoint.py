@@ -8,9 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from cnnbp_cli import __version__
-from cnnbp_cli.checkpoint import (
+from cnnbp import __version__
+from cnnbp.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     find_checkpoints,
@@ -19,12 +18,12 @@ from cnnbp_cli.checkpoint import (
     resolve_target,
     write_checkpoint,
 )
-from cnnbp_cli.errors import UserError
-from core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU
-from core.losses import SoftmaxCrossEntropy
-from core.network import Sequential
-from core.optim import SGD
-from core.trainer import Trainer
+from cnnbp.core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU
+from cnnbp.core.losses import SoftmaxCrossEntropy
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.trainer import Trainer
+from cnnbp.errors import UserError
 
 CONFIG_TEXT = "name: tiny\nseed: 3\n"
 

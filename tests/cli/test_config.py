@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from cnnbp_cli import config as config_mod
-from cnnbp_cli.config import (
+from cnnbp import config as config_mod
+from cnnbp.config import (
     build_loss,
     build_network,
     check_model,
@@ -21,10 +20,10 @@ from cnnbp_cli.config import (
     dump_config,
     load_config,
 )
-from cnnbp_cli.errors import UserError
-from core.init import Constant, Explicit, GlorotUniform, HeNormal, Zeros
-from core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, LpPool, MaxPool, MeanPool, Subsample
-from core.losses import MSE, SoftmaxCrossEntropy
+from cnnbp.core.init import Constant, Explicit, GlorotUniform, HeNormal, Zeros
+from cnnbp.core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, LpPool, MaxPool, MeanPool, Subsample
+from cnnbp.core.losses import MSE, SoftmaxCrossEntropy
+from cnnbp.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))

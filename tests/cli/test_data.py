@@ -15,9 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from cnnbp_cli.data import Dataset, DataSpec, load_dataset, load_digits, read_idx
-from cnnbp_cli.errors import UserError
+from cnnbp.data import Dataset, DataSpec, load_dataset, load_digits, read_idx
+from cnnbp.errors import UserError
 
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 MNIST_NAMES = (

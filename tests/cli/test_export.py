@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.exporters import (
+from cnnbp.core.layers import Conv2D, Dense, Flatten, Identity, LpPool, MaxPool, MeanPool, ReLU, Sigmoid, Tanh
+from cnnbp.core.layers.pooling import Subsample
+from cnnbp.core.network import Sequential
+from cnnbp.errors import UserError
+from cnnbp.exporters import (
     ExportError,
     apply_params,
     load_json,
@@ -32,9 +34,6 @@ from cnnbp_cli.exporters import (
     to_onnx,
     verify_onnx,
 )
-from core.layers import Conv2D, Dense, Flatten, Identity, LpPool, MaxPool, MeanPool, ReLU, Sigmoid, Tanh
-from core.layers.pooling import Subsample
-from core.network import Sequential
 
 TOL = {np.float32: 1e-5, np.float64: 1e-9}
 DTYPES = [np.float32, np.float64]
@@ -283,7 +282,7 @@ def test_onnx_user_errors(onnx) -> None:
 
 
 def test_module_imports_without_loading_onnx() -> None:
-    code = "import sys, cnnbp_cli.exporters; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
+    code = "import sys, cnnbp.exporters; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "False"]

@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cnnbp import __version__
+from cnnbp import exporters as exporters_mod
+from cnnbp.app import app
+from cnnbp.checkpoint import Checkpoint, read_checkpoint
+from cnnbp.commands.export import onnx_tolerance
+from cnnbp.config import build_network, config_from_dict
+from cnnbp.core.network import Sequential
+from cnnbp.exporters import INSTALL_HINT
 from typer.testing import CliRunner
-
-from cnnbp_cli import __version__
-from cnnbp_cli import exporters as exporters_mod
-from cnnbp_cli.app import app
-from cnnbp_cli.checkpoint import Checkpoint, read_checkpoint
-from cnnbp_cli.config import build_network, config_from_dict
-from cnnbp_cli.export import onnx_tolerance
-from cnnbp_cli.exporters import INSTALL_HINT
-from core.network import Sequential
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -215,7 +214,7 @@ def test_verification_failure_exits_1_and_writes_nothing(
     ort, run32: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The exit path when ONNX and engine disagree (the comparison itself is forced to disagree)."""
-    monkeypatch.setattr("cnnbp_cli.export.verify_onnx", lambda model, net, x: 0.5)
+    monkeypatch.setattr("cnnbp.commands.export.verify_onnx", lambda model, net, x: 0.5)
     result = invoke("export", run32)
     assert result.exit_code == 1
     assert "FAILED" in result.stdout and "not written" in result.stdout
@@ -234,7 +233,7 @@ def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, monkeypatch: 
         w.flat[0] = np.nextafter(w.flat[0], np.inf)
         return params, text
 
-    monkeypatch.setattr("cnnbp_cli.export.load_npz", one_ulp_off)
+    monkeypatch.setattr("cnnbp.commands.export.load_npz", one_ulp_off)
     result = invoke("export", run32, "-f", "npz")
     assert result.exit_code == 1
     assert "not bit-identical" in result.stdout and "FAILED" in result.stdout
@@ -277,7 +276,7 @@ def test_missing_onnx_extra_is_one_line_with_the_install_hint(no_onnxruntime, ru
 
 
 def test_missing_onnx_extra_via_onnx_available(run32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cnnbp_cli.export.onnx_available", lambda: False)
+    monkeypatch.setattr("cnnbp.commands.export.onnx_available", lambda: False)
     result = invoke("export", run32, "--no-verify")
     assert result.exit_code == 2 and INSTALL_HINT in one_error_line(result)
 

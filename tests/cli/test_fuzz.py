@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 import typer.testing
 import yaml
+from cnnbp import config as config_module
+from cnnbp.app import app
+from cnnbp.checkpoint import find_checkpoints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
-
-from cnnbp_cli import config as config_module
-from cnnbp_cli.app import app
-from cnnbp_cli.checkpoint import find_checkpoints
 
 runner = CliRunner()
 CASES: dict[str, Counter[str]] = {}
@@ -419,7 +418,7 @@ def test_a_checkpoint_that_hangs_hdf5_is_reported_not_waited_for(
     attribute's global heap): a file without a valid checksum is parsed in a child with a time limit."""
     import time
 
-    from cnnbp_cli import checkpoint
+    from cnnbp import checkpoint
 
     path = tmp_path / "0001.h5"
     with h5py.File(path, "w") as f:  # no cnnbp checksum header: parsed in the guarded child

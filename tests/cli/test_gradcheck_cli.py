@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from cnnbp.app import app
+from cnnbp.core.gradcheck import DEFAULT_ATOL_FLOOR
+from cnnbp.core.layers.dense import Dense
 from typer.testing import CliRunner
-
-from cnnbp_cli.app import app
-from core.gradcheck import DEFAULT_ATOL_FLOOR
-from core.layers.dense import Dense
 
 runner = CliRunner()
 PLAIN = {"COLUMNS": "80", "NO_COLOR": "1"}

@@ -21,11 +21,10 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from cnnbp.app import app
+from cnnbp.render import termplot
 from rich.console import Console
 from typer.testing import CliRunner
-
-from cnnbp_cli import termplot
-from cnnbp_cli.app import app
 
 runner = CliRunner()
 PLAIN = {"COLUMNS": "80", "NO_COLOR": "1"}

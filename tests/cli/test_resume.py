@@ -19,17 +19,16 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from cnnbp.app import app
+from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
+from cnnbp.commands.train import SIGNAL_HOOK, Interrupted, fit
+from cnnbp.config import build_loss, build_network, dump_config, load_config
+from cnnbp.core.optim import SGD
+from cnnbp.data import load_dataset
+from cnnbp.render.console import EpochLines
+from cnnbp.runs import METRIC_COLUMNS, create_run_dir, read_metrics, write_config
 from rich.console import Console
 from typer.testing import CliRunner
-
-from cnnbp_cli.app import app
-from cnnbp_cli.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
-from cnnbp_cli.config import build_loss, build_network, dump_config, load_config
-from cnnbp_cli.data import load_dataset
-from cnnbp_cli.render import EpochLines
-from cnnbp_cli.runs import METRIC_COLUMNS, create_run_dir, read_metrics, write_config
-from cnnbp_cli.train import SIGNAL_HOOK, Interrupted, fit
-from core.optim import SGD
 
 runner = CliRunner()
 BATCHES = 10  # 160 digits in batches of 16

@@ -1,9 +1,9 @@
-"""Real signals to a real ``python -m cnnbp_cli train`` process: SIGINT and SIGTERM mid-training (exit
+"""Real signals to a real ``python -m cnnbp train`` process: SIGINT and SIGTERM mid-training (exit
 codes 130/143, a marked checkpoint, the resume command, a bit-identical resume) and SIGKILL at seeded
 random moments (every finished checkpoint stays readable, metrics.csv parseable, resume completes and
 matches a run that was never killed).
 
-Every leg runs as ``python -m cnnbp_cli`` (the reference runs too): bit-identity holds for one BLAS
+Every leg runs as ``python -m cnnbp`` (the reference runs too): bit-identity holds for one BLAS
 set-up, and the command pins BLAS to one thread before NumPy loads, which the test process cannot.
 These take a few seconds each; they are marked ``slow`` but run by default.
 """
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnnbp_cli.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
-from cnnbp_cli.runs import read_metrics
-from cnnbp_cli.train import SIGNAL_HOOK
+from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
+from cnnbp.commands.train import SIGNAL_HOOK
+from cnnbp.runs import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 # the built-in digits config on 800 images: ~25 batches and a checkpoint per epoch, a few epochs a second
@@ -40,7 +39,7 @@ def _env() -> dict[str, str]:
 def start(*args: str | Path) -> subprocess.Popen[str]:
     """``cnnbp train ARGS`` in the background."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cnnbp_cli", "train", *map(str, args)],
+        [sys.executable, "-m", "cnnbp", "train", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(),
     )  # fmt: skip
 
@@ -48,7 +47,7 @@ def start(*args: str | Path) -> subprocess.Popen[str]:
 def train(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """``cnnbp train ARGS`` to the end."""
     return subprocess.run(
-        [sys.executable, "-m", "cnnbp_cli", "train", *map(str, args)],
+        [sys.executable, "-m", "cnnbp", "train", *map(str, args)],
         capture_output=True, text=True, cwd=REPO, env=_env(), timeout=120,
     )  # fmt: skip
 

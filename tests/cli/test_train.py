@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cnnbp import __version__
+from cnnbp.app import app
+from cnnbp.checkpoint import find_checkpoints, read_checkpoint
+from cnnbp.commands.train import Interrupted, choose_probe, fit
+from cnnbp.config import build_loss, build_network, check_model, dump_config, load_config
+from cnnbp.core.optim import SGD
+from cnnbp.data import load_dataset
+from cnnbp.render.console import EpochLines
+from cnnbp.runs import METRIC_COLUMNS, create_run_dir
 from typer.testing import CliRunner
-
-from cnnbp_cli import __version__
-from cnnbp_cli.app import app
-from cnnbp_cli.checkpoint import find_checkpoints, read_checkpoint
-from cnnbp_cli.config import build_loss, build_network, check_model, dump_config, load_config
-from cnnbp_cli.data import load_dataset
-from cnnbp_cli.render import EpochLines
-from cnnbp_cli.runs import METRIC_COLUMNS, create_run_dir
-from cnnbp_cli.train import Interrupted, choose_probe, fit
-from core.optim import SGD
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -108,14 +107,14 @@ def test_help_for_app_and_train(flag: str) -> None:
 
 
 def test_python_dash_m_and_the_error_path_of_main(tmp_path: Path) -> None:
-    """The real entry point: ``python -m cnnbp_cli`` prints the version, and a config error is one line."""
+    """The real entry point: ``python -m cnnbp`` prints the version, and a config error is one line."""
     done = subprocess.run(
-        [sys.executable, "-m", "cnnbp_cli", "--version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cnnbp", "--version"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == f"cnnbp {__version__}"
     args = ["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]
     done = subprocess.run(
-        [sys.executable, "-m", "cnnbp_cli", *args],
+        [sys.executable, "-m", "cnnbp", *args],
         capture_output=True, text=True, timeout=60, env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 2

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from core import LOSSES, SGD, Sequential, ShapeError
-from core.init import Explicit, GlorotUniform, HeNormal
-from core.layers import (
+from cnnbp.core import LOSSES, SGD, Sequential, ShapeError
+from cnnbp.core.init import Explicit, GlorotUniform, HeNormal
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,

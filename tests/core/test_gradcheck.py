@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-
-from core.gradcheck import (
+from cnnbp.core.gradcheck import (
     FAIL,
     KINK,
     PASS,
@@ -22,7 +21,7 @@ from core.gradcheck import (
     gradcheck,
     non_analytic_layers,
 )
-from core.layers import (
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,
@@ -36,8 +35,8 @@ from core.layers import (
     Subsample,
     Tanh,
 )
-from core.losses import MSE, Loss, SoftmaxCrossEntropy
-from core.network import Sequential
+from cnnbp.core.losses import MSE, Loss, SoftmaxCrossEntropy
+from cnnbp.core.network import Sequential
 
 INJECT = 1e-4  # relative error injected into one element
 

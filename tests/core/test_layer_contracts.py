@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from core import LOSSES, Sequential
-from core.layers import (
+from cnnbp.core import LOSSES, Sequential
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,

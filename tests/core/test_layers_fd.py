@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from core.layers import (
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,
@@ -25,6 +24,7 @@ from core.layers import (
     Subsample,
     Tanh,
 )
+
 from tests.fd import check_layer
 
 # (in_channels, H, W, filters, kernel, stride, padding, bias, batch)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cnnbp.core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
 
-from core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
 from tests.fd import assert_fd_close, fd_gradient
 
 

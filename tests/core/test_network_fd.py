@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cnnbp.core import LOSSES, Sequential
+from cnnbp.core.init import Explicit
+from cnnbp.core.layers import Conv2D, Dense, Flatten, Pool, ReLU, Subsample, Tanh
 
-from core import LOSSES, Sequential
-from core.init import Explicit
-from core.layers import Conv2D, Dense, Flatten, Pool, ReLU, Subsample, Tanh
 from tests.fd import assert_fd_close, fd_gradient
 
 INPUT_SHAPE = (2, 6, 5)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cnnbp.core.layers import Conv2D, Layer, MaxPool, Pool, Subsample
 
-from core.layers import Conv2D, Layer, MaxPool, Pool, Subsample
 from tests.core import reference as ref
 from tests.core.test_layers_fd import (
     CONV_CASES,

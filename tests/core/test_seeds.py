@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
+from cnnbp.core import MSE, SGD, Sequential, SoftmaxCrossEntropy
+from cnnbp.core.init import Explicit
+from cnnbp.core.layers import Conv2D, Dense, MaxPool, MeanPool, Sigmoid, Subsample
 
-from core import MSE, SGD, Sequential, SoftmaxCrossEntropy
-from core.init import Explicit
-from core.layers import Conv2D, Dense, MaxPool, MeanPool, Sigmoid, Subsample
 from tests.core import reference as ref
 
 # ---------------------------------------------------------------------------------------------

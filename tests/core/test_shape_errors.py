@@ -6,9 +6,8 @@ import re
 
 import numpy as np
 import pytest
-
-from core import LOSSES, Sequential, ShapeError
-from core.layers import (
+from cnnbp.core import LOSSES, Sequential, ShapeError
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,

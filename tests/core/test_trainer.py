@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU, Sigmoid
-from core.losses import MSE, SoftmaxCrossEntropy
-from core.network import Sequential
-from core.optim import SGD
-from core.trainer import Trainer, correct_count
+from cnnbp.core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU, Sigmoid
+from cnnbp.core.losses import MSE, SoftmaxCrossEntropy
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.trainer import Trainer, correct_count
 
 
 def blobs(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -37,13 +37,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 import yaml
-from rich.text import Text
-
-from cnnbp_cli import __version__
-from cnnbp_cli.checkpoint import CHECKPOINTS, Checkpoint, find_checkpoints, read_checkpoint, resolve_target
-from cnnbp_cli.config import build_network, config_from_dict
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.exporters import (
+from cnnbp import __version__
+from cnnbp.checkpoint import CHECKPOINTS, Checkpoint, find_checkpoints, read_checkpoint, resolve_target
+from cnnbp.config import build_network, config_from_dict
+from cnnbp.core.network import Sequential
+from cnnbp.errors import UserError
+from cnnbp.exporters import (
     INSTALL_HINT,
     ExportError,
     apply_params,
@@ -55,9 +54,9 @@ from cnnbp_cli.exporters import (
     to_onnx,
     verify_onnx,
 )
-from cnnbp_cli.render import json_number, print_error, stdout_console
-from cnnbp_cli.spec import RunConfig
-from core.network import Sequential
+from cnnbp.render.console import json_number, print_error, stdout_console
+from cnnbp.spec import RunConfig
+from rich.text import Text
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-9}  # per unit of output magnitude (see onnx_tolerance)
 N_RANDOM = 8  # verification inputs when a run recorded no probe samples

@@ -32,8 +32,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
-
-from cnnbp_cli.checkpoint import (
+from cnnbp.checkpoint import (
     ResumeRecord,
     find_checkpoints,
     read_checkpoint,
@@ -41,11 +40,15 @@ from cnnbp_cli.checkpoint import (
     resolve_target,
     write_checkpoint,
 )
-from cnnbp_cli.config import build_loss, build_network, check_model, dump_config, load_config
-from cnnbp_cli.data import Dataset, load_dataset
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.exporters import apply_params, load_json, load_npz, params_file_kind
-from cnnbp_cli.render import (
+from cnnbp.config import build_loss, build_network, check_model, dump_config, load_config
+from cnnbp.core.losses import Loss
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.trainer import Diverged, EpochProgress, Trainer
+from cnnbp.data import Dataset, load_dataset
+from cnnbp.errors import UserError
+from cnnbp.exporters import apply_params, load_json, load_npz, params_file_kind
+from cnnbp.render.console import (
     EpochLines,
     JsonLines,
     LiveProgress,
@@ -57,7 +60,7 @@ from cnnbp_cli.render import (
     stderr_console,
     stdout_console,
 )
-from cnnbp_cli.resume import (
+from cnnbp.resume import (
     StartState,
     check_config,
     data_fingerprint,
@@ -67,7 +70,7 @@ from cnnbp_cli.resume import (
     run_lock,
     start_state,
 )
-from cnnbp_cli.runs import (
+from cnnbp.runs import (
     CONFIG,
     METRICS_CSV,
     MetricsLog,
@@ -77,11 +80,7 @@ from cnnbp_cli.runs import (
     remove_stale_run_tmp,
     write_config,
 )
-from cnnbp_cli.spec import RunConfig
-from core.losses import Loss
-from core.network import Sequential
-from core.optim import SGD
-from core.trainer import Diverged, EpochProgress, Trainer
+from cnnbp.spec import RunConfig
 
 PROBE_STREAM = int.from_bytes(b"probe", "big")  # 0x70726f6265
 SIGNAL_HOOK = "CNNBP_SIGNAL_AFTER_STEP"

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cnnbp.core.network import LayerInfo
+from cnnbp.runs import inspect_command
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
-
-from cnnbp_cli.runs import inspect_command
-from core.network import LayerInfo
 
 
 def stdout_console() -> Console:

@@ -26,9 +26,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-
-from cnnbp_cli.errors import UserError
-from core.layers import (
+from cnnbp.core.layers import (
     Conv2D,
     Dense,
     Flatten,
@@ -42,9 +40,10 @@ from core.layers import (
     Subsample,
     Tanh,
 )
-from core.losses import MSE, Loss, SoftmaxCrossEntropy
-from core.network import Sequential
-from core.optim import SGD
+from cnnbp.core.losses import MSE, Loss, SoftmaxCrossEntropy
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.errors import UserError
 
 TORCH_HINT = "PyTorch is not installed: pip install 'cnnbp[torch]' (or pip install torch) to use --vs torch"
 #: float64 agreement between the engine and PyTorch: largest relative error allowed (loss and gradients)
@@ -172,7 +171,7 @@ def limit_threads(n: int, argv: list[str] | None = None) -> None:
             env = {**os.environ, **{k: want for k in _THREAD_ENV}, _REEXEC_GUARD: "1"}
             sys.stdout.flush()
             sys.stderr.flush()
-            os.execve(sys.executable, [sys.executable, "-m", "cnnbp_cli", *argv], env)
+            os.execve(sys.executable, [sys.executable, "-m", "cnnbp", *argv], env)
     os.environ.update({k: str(n) for k in _THREAD_ENV})  # for libraries loaded from now on
 
 
@@ -500,9 +499,8 @@ def run_bench(
 
 
 def _render(result: BenchResult) -> None:
+    from cnnbp.render.console import stdout_console
     from rich.table import Table
-
-    from cnnbp_cli.render import stdout_console
 
     con = stdout_console()
     e = result.engine
@@ -583,7 +581,7 @@ def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Time one training step (forward, backward, update) on random data, per layer; optionally vs PyTorch."""
-    from cnnbp_cli.config import build_loss, build_network, load_config
+    from cnnbp.config import build_loss, build_network, load_config
 
     if dtype is not None and dtype not in ("float32", "float64"):
         raise UserError(f"--dtype: expected float32 or float64, got {dtype!r}")

@@ -31,11 +31,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 import yaml
-from rich.console import Console
-from rich.text import Text
-
-from cnnbp_cli import termplot as tp
-from cnnbp_cli.checkpoint import (
+from cnnbp.checkpoint import (
     CHECKPOINTS,
     Checkpoint,
     LayerRecord,
@@ -43,9 +39,12 @@ from cnnbp_cli.checkpoint import (
     read_checkpoint,
     resolve_target,
 )
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.render import pct, shape_text, stderr_console
-from cnnbp_cli.runs import METRIC_COLUMNS, METRICS_CSV, read_metrics
+from cnnbp.errors import UserError
+from cnnbp.render import termplot as tp
+from cnnbp.render.console import pct, shape_text, stderr_console
+from cnnbp.runs import METRIC_COLUMNS, METRICS_CSV, read_metrics
+from rich.console import Console
+from rich.text import Text
 
 SMALL_MAP = 12  # maps up to 12×12 print as numbers, larger ones as heatmaps
 MAX_MAPS = 8  # maps shown per array without --full

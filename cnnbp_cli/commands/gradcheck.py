@@ -50,27 +50,17 @@ from typing import Annotated, Any
 import h5py
 import numpy as np
 import typer
-from rich import box
-from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
-
-from cnnbp_cli.checkpoint import Checkpoint, read_checkpoint, resolve_target
-from cnnbp_cli.config import (  # apply_override: the same --set KEY=VALUE rules train uses
+from cnnbp.checkpoint import Checkpoint, read_checkpoint, resolve_target
+from cnnbp.commands.export import checkpoint_config, rebuild
+from cnnbp.commands.train import load_initial_weights, n_outputs
+from cnnbp.config import (  # apply_override: the same --set KEY=VALUE rules train uses
     apply_override,
     build_loss,
     build_network,
     default_config_path,
     load_config,
 )
-from cnnbp_cli.data import load_dataset
-from cnnbp_cli.errors import UserError
-from cnnbp_cli.export import checkpoint_config, rebuild
-from cnnbp_cli.render import json_number, shape_text, stderr_console, stdout_console
-from cnnbp_cli.spec import RunConfig
-from cnnbp_cli.train import load_initial_weights, n_outputs
-from core.gradcheck import (
+from cnnbp.core.gradcheck import (
     DEFAULT_EPS,
     FAIL,
     KINK,
@@ -79,9 +69,18 @@ from core.gradcheck import (
     TensorCheck,
     non_analytic_layers,
 )
-from core.gradcheck import gradcheck as check_gradients
-from core.losses import Loss
-from core.network import Sequential
+from cnnbp.core.gradcheck import gradcheck as check_gradients
+from cnnbp.core.losses import Loss
+from cnnbp.core.network import Sequential
+from cnnbp.data import load_dataset
+from cnnbp.errors import UserError
+from cnnbp.render.console import json_number, shape_text, stderr_console, stdout_console
+from cnnbp.spec import RunConfig
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
 
 __all__ = ["SAMPLE_STREAM", "Method", "Subject", "gradcheck", "parse_eps", "resolve_network"]
 

@@ -1,0 +1,1 @@
+"""The Typer commands: each parses its options, calls the library, renders."""

@@ -1,0 +1,1 @@
+"""Terminal rendering shared by the commands: consoles, tables, progress, pictures of arrays."""
