@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> None:
         print(
             f"{method:>10}: wall {wall:6.2f} s  cpu {cpu:6.2f} s  {n_checked} elements  "
             f"max rel error {worst.max_rel_error:.2e} ({worst.layer}.{worst.tensor})  "
-            f"{'PASS' if res.passed(strict=True) else 'FAIL'}"
+            f"{'PASS' if res.ok(strict=True) else 'FAIL'}"
         )
         if args.rows:
             for r in res.rows:

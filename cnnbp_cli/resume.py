@@ -2,7 +2,8 @@
 
 What makes a resumed run identical to one that never stopped:
 
-* weights and the optimiser's momentum buffers come from the checkpoint, exactly (same dtype);
+* weights and the optimiser's state (its type, step count and buffers) come from the checkpoint,
+  exactly (same dtype);
 * the step counter, the epoch and, for a checkpoint written mid-epoch (``interrupted``), the batches
   of that epoch already run and the epoch's running train-loss sum and correct count (``/resume``);
 * the data order needs no saved state: epoch ``e`` visits ``default_rng([seed, e]).permutation(N)``,
@@ -28,13 +29,17 @@ from typing import Any
 
 import numpy as np
 import yaml
-from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
+
+from cnnbp.checkpoint import Checkpoint, read_checkpoint
+from cnnbp.config import config_from_dict
+from cnnbp.core.errors import ParameterError
 from cnnbp.core.network import Sequential
-from cnnbp.core.optim import SGD
+from cnnbp.core.optim import Optimizer
 from cnnbp.core.trainer import EpochProgress
 from cnnbp.data import Dataset
 from cnnbp.errors import UserError
-from cnnbp.runs import CONFIG, METRIC_COLUMNS
+from cnnbp.runs import CONFIG, METRIC_COLUMNS, find_checkpoints
+from cnnbp.yamlio import load_yaml_text
 
 #: config keys a resumed run may change without --force (the total number of epochs)
 FREE_KEYS = ("train.epochs",)
@@ -171,13 +176,21 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 
 
 def check_config(ck: Checkpoint, current: dict, force: bool) -> list[str]:
-    """Refuse (unless ``force``) a config.yaml that differs from the checkpoint's; returns the changes."""
+    """Refuse (unless ``force``) a config.yaml that differs from the checkpoint's; returns the changes.
+
+    Both are compared as this cnnbp resolves them, so a key added since the checkpoint was written
+    (``train.optimizer``, at its default) is no change.
+    """
     try:
-        saved = yaml.safe_load(ck.config)
+        saved = load_yaml_text(ck.config)
     except yaml.YAMLError:
         saved = None
     if not isinstance(saved, dict):
         raise UserError(f"{ck.path}: damaged cnnbp checkpoint: /config is not a YAML mapping")
+    try:
+        saved = config_from_dict(saved, source=f"{ck.path}:/config").resolved
+    except UserError:
+        pass  # a config this cnnbp no longer accepts: compare it as it was written
     changed = config_changes(saved, current)
     if changed and not force:
         listed = ", ".join(changed[:_MAX_LISTED])
@@ -207,32 +220,29 @@ def data_fingerprint(data: Dataset) -> str:
 # ---- the state ----------------------------------------------------------------------------------------
 
 
-def restore(net: Sequential, optimizer: SGD, ck: Checkpoint) -> None:
-    """Copy the checkpoint's weights into ``net`` and its momentum buffers into ``optimizer``."""
+def restore(net: Sequential, optimizer: Optimizer, ck: Checkpoint) -> None:
+    """Copy the checkpoint's weights into ``net`` and its optimiser state into ``optimizer``, exactly.
+
+    The optimiser must be of the checkpoint's type (its hyper-parameters may differ: a resume with
+    ``--force`` after editing ``train.lr``), and every state buffer must fit the model.
+    """
+    try:
+        net.set_parameters(ck.weights, same_dtype=True)
+    except ParameterError as e:
+        raise UserError(f"{ck.path}: /weights: {e}") from None
+    saved = ck.optimizer
+    if saved.type != optimizer.kind:
+        raise UserError(
+            f"{ck.path}: was trained with optimizer {saved.type}, the config now says {optimizer.kind}"
+        )
     params = net.parameters()
-    for name, group in params.items():
-        saved = ck.weights.get(name)
-        for key, w in group.items():
-            src = None if saved is None else saved.get(key)
-            if src is None or src.shape != w.shape:
-                got = "nothing" if src is None else f"shape {tuple(src.shape)}"
-                raise UserError(
-                    f"{ck.path}: has {got} for {name}.{key}, the model needs shape {tuple(w.shape)}"
-                )
-            if src.dtype != w.dtype:
-                raise UserError(f"{ck.path}: {name}.{key} is {src.dtype}, the run is {w.dtype}")
-        net.layer(name).set_params(saved)
-    extra = sorted(set(ck.weights) - set(params))
-    if extra:
-        raise UserError(f"{ck.path}: has weights for {', '.join(extra)}, which the model does not have")
-    state: dict[str, dict[str, np.ndarray]] = {}
-    for name, group in ck.optimizer.state.items():
-        for key, v in group.items():
-            w = params.get(name, {}).get(key)
-            if w is None or v.shape != w.shape:
-                raise UserError(f"{ck.path}: momentum buffer {name}.{key} does not match the model")
-            state.setdefault(name, {})[key] = np.array(v, dtype=w.dtype)
-    optimizer.state = state
+    for name in optimizer.buffers:
+        for lname, group in saved.state.get(name, {}).items():
+            for key, v in group.items():
+                w = params.get(lname, {}).get(key)
+                if w is None or v.shape != w.shape or v.dtype != w.dtype:
+                    raise UserError(f"{ck.path}: optimizer {name} buffer {lname}.{key} does not match the model")
+    optimizer.load_state_dict(saved.state)
 
 
 def start_state(ck: Checkpoint | None, batches_per_epoch: int, data_sha256: str, force: bool) -> StartState:
@@ -249,33 +259,26 @@ def start_state(ck: Checkpoint | None, batches_per_epoch: int, data_sha256: str,
     if len({len(v) for v in history.values()}) != 1 or epochs != list(range(len(epochs))):
         raise UserError(f"{where}: /metrics does not hold one row per epoch from 0")
     r = ck.resume
-    if r is not None and r.data_sha256 != data_sha256 and not force:
+    if r.data_sha256 != data_sha256 and not force:
         raise UserError(
             f"{ck.path}: the training data differs from the data this run was trained on (a data file "
             "changed since); restore it, or pass --force to resume on the new data"
         )
-    complete = (not ck.interrupted) or (r is not None and r.epoch_complete)
-    if complete:
+    if (not ck.interrupted) or r.epoch_complete:
         if len(epochs) != ck.epoch + 1:
             raise UserError(f"{where}: epoch {ck.epoch} but /metrics has {len(epochs)} rows")
-        first = math.nan if r is None else r.first_loss
-        return StartState(ck.epoch, ck.step, first, history, None, ck.path, ck.interrupted)
+        return StartState(ck.epoch, ck.step, r.first_loss, history, None, ck.path, ck.interrupted)
     # written in the middle of epoch ck.epoch: the remaining batches of that epoch run first
     if ck.epoch < 1 or len(epochs) != ck.epoch:
         raise UserError(f"{where}: interrupted in epoch {ck.epoch} but /metrics has {len(epochs)} rows")
-    if r is None:  # a checkpoint from before /resume existed: the position follows from the step
-        done = ck.step - int(history["step"][-1])
-        progress = EpochProgress(ck.epoch, done, math.nan, 0)
-        first = math.nan
-    else:
-        if r.batches_per_epoch != batches_per_epoch:
-            raise UserError(
-                f"{ck.path}: was written mid-epoch with {r.batches_per_epoch} batches per epoch, the run now "
-                f"has {batches_per_epoch} (data or train.batch_size changed); cannot continue that epoch"
-            )
-        done = r.batches_done
-        progress = EpochProgress(ck.epoch, done, r.loss_sum, r.n_correct)
-        first = r.first_loss
+    if r.batches_per_epoch != batches_per_epoch:
+        raise UserError(
+            f"{ck.path}: was written mid-epoch with {r.batches_per_epoch} batches per epoch, the run now "
+            f"has {batches_per_epoch} (data or train.batch_size changed); cannot continue that epoch"
+        )
+    done = r.batches_done
+    progress = EpochProgress(ck.epoch, done, r.loss_sum, r.n_correct)
+    first = r.first_loss
     if not 0 <= done <= batches_per_epoch or ck.step != int(history["step"][-1]) + done:
         raise UserError(f"{where}: step {ck.step} does not match {done} batches into epoch {ck.epoch}")
     return StartState(ck.epoch, ck.step, first, history, progress, ck.path, True)

@@ -1,4 +1,5 @@
-"""Run folders: ``<out>/<name>/`` with ``config.yaml``, ``metrics.csv`` and ``checkpoints/``.
+"""Run folders: ``<out>/<name>/`` with ``config.yaml``, ``metrics.csv`` and ``checkpoints/NNNN.h5``,
+the one resolver from a run or a path to a checkpoint file, and :class:`Run`, a run as Python objects.
 
 A new run never overwrites: when ``<out>/<name>`` exists it becomes ``<name>-2``, ``<name>-3``, …
 (the folder is created with ``mkdir`` that fails on an existing name, so two runs started at the same
@@ -15,11 +16,13 @@ fractions in [0, 1]; ``seconds`` is the wall time of the epoch's training pass p
 is the initial state: validation metrics only, ``nan`` for the training ones (and for ``val_*`` when
 there is no validation data).
 
-Crash safety: ``config.yaml`` is written to ``config.yaml.tmp`` and renamed into place, so it is whole
-or absent.  A ``kill -9`` while a metrics row is being written can leave a torn last line (one without
-its final newline): :func:`read_metrics` ignores it, and ``cnnbp train --resume`` rewrites
-``metrics.csv`` from the checkpoint it resumes (whose ``/metrics`` holds every row up to it), dropping
-rows of epochs that will run again.
+Checkpoints are named by epoch, zero-padded to four digits (more when the epoch needs them).
+
+Crash safety: every whole file is written with :func:`cnnbp.files.write_atomic` (a temporary file
+renamed into place), so it is whole or absent; a left-over temporary file is removed by the next run.
+A ``kill -9`` while a metrics row is being written can leave a torn last line (one without its final
+newline): :func:`read_metrics` ignores it, and ``cnnbp train --resume`` rewrites ``metrics.csv`` from
+the checkpoint it resumes (whose ``/metrics`` holds every row up to it).
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ import csv
 import io
 import math
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from cnnbp.checkpoint import CHECKPOINTS, checkpoint_name
 from cnnbp.errors import UserError
+from cnnbp.files import write_atomic
 
 CONFIG = "config.yaml"
 METRICS_CSV = "metrics.csv"
+CHECKPOINTS = "checkpoints"
 METRIC_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -48,6 +54,92 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "seconds",
 )
 _INT_COLUMNS = ("epoch", "step")
+_NAME = re.compile(r"^(\d{4,})\.h5$")
+
+
+# ---- names and places ------------------------------------------------------------------------------
+
+
+def checkpoint_name(epoch: int) -> str:
+    """``NNNN.h5`` for an epoch (zero-padded to four digits)."""
+    return f"{epoch:04d}.h5"
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    """``<run>/checkpoints/NNNN.h5`` for an epoch."""
+    return Path(run_dir) / CHECKPOINTS / checkpoint_name(epoch)
+
+
+def find_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every finished checkpoint in a run folder, by epoch (temporary files ignored)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def run_folder(target: Path) -> Path | None:
+    """The run folder a target belongs to: itself, the parent of its ``checkpoints`` folder or of a
+    checkpoint file in one, or None (a loose checkpoint file)."""
+    target = Path(target)
+    if target.is_dir():
+        if target.name == CHECKPOINTS and not (target / CHECKPOINTS).is_dir():
+            return target.parent
+        return target
+    if target.parent.name == CHECKPOINTS:
+        return target.parent.parent
+    return None
+
+
+def resolve_checkpoint(target: Path, checkpoint: str | int | None = None) -> Path:
+    """The checkpoint file a command should read: the one resolver of runs and checkpoints.
+
+    ``target`` is a run folder (its last checkpoint, or the one of epoch ``checkpoint``), a run's
+    ``checkpoints`` folder (the same), or a ``.h5`` file (itself; ``checkpoint`` must then be None).
+    ``checkpoint`` may be an epoch number, its digits, or ``"last"``.
+    """
+    target = Path(target)
+    if not target.exists():
+        raise UserError(f"{target}: no such run folder or checkpoint file")
+    if target.is_file():
+        if checkpoint is not None and str(checkpoint) != "last":
+            raise UserError(f"{target}: --checkpoint selects a checkpoint of a run folder, not of a file")
+        return target
+    run_dir = run_folder(target) or target
+    found = find_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"{target}: no checkpoints found (expected {CHECKPOINTS}/NNNN.h5 in a run folder)")
+    if checkpoint is None or str(checkpoint) == "last":
+        return found[-1][1]
+    text = str(checkpoint).strip()
+    if not text.isdigit():
+        raise UserError(f"--checkpoint: expected an epoch number or 'last', got {checkpoint!r}")
+    epoch = int(text)
+    for e, p in found:
+        if e == epoch:
+            return p
+    have = ", ".join(str(e) for e, _ in found)
+    raise UserError(f"{run_dir}: no checkpoint for epoch {epoch} (have {have})")
+
+
+def is_checkpoint_target(path: Path) -> bool:
+    """A folder (a run) or an HDF5 file is a checkpoint target; anything else is read as a config."""
+    if path.is_dir():
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(520)
+    except OSError:
+        return path.suffix.lower() == ".h5"
+    return head.startswith(b"cnnbp-checkpoint") or b"\x89HDF\r\n\x1a\n" in head[:8] + head[512:520]
+
+
+# ---- creating a run ----------------------------------------------------------------------------------
 
 
 def create_run_dir(out: Path, name: str) -> Path:
@@ -74,7 +166,10 @@ def create_run_dir(out: Path, name: str) -> Path:
             candidate = f"{name}-{n}"
         except OSError as e:
             raise UserError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
-    (run_dir / CHECKPOINTS).mkdir()
+    try:
+        (run_dir / CHECKPOINTS).mkdir()
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
     return run_dir
 
 
@@ -87,47 +182,23 @@ def _check_name(out: Path, name: str) -> None:
         raise UserError(f"name: {name!r} would place the run outside {out}")
 
 
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    """``<run>/checkpoints/NNNN.h5`` for an epoch."""
-    return checkpoints_dir(run_dir) / checkpoint_name(epoch)
-
-
 def write_config(run_dir: Path, text: str) -> Path:
-    """Store the resolved config YAML as ``config.yaml`` (atomically: ``.tmp``, fsync, rename)."""
-    path = Path(run_dir) / CONFIG
-    _write_atomic(path, text)
-    return path
+    """Store the resolved config YAML as ``config.yaml`` (atomically)."""
+    return write_atomic(Path(run_dir) / CONFIG, text)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader (or a crash) sees the old file or the new, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
-
-
-def remove_stale_run_tmp(run_dir: Path) -> list[Path]:
-    """Delete the ``*.tmp`` files an interrupted write left in a run folder (not in ``checkpoints/``)."""
+def remove_stale_tmp(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted write left in a run folder and its checkpoints."""
     removed = []
-    for name in (CONFIG, METRICS_CSV):
-        p = Path(run_dir) / f"{name}.tmp"
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                removed.append(p)
     return removed
+
+
+# ---- metrics.csv -------------------------------------------------------------------------------------
 
 
 class MetricsLog:
@@ -150,16 +221,16 @@ class MetricsLog:
             writer.writerow(METRIC_COLUMNS)
             for values in zip(*(self.history[c] for c in METRIC_COLUMNS), strict=True):
                 writer.writerow(_cells(values))
-            _write_atomic(self.path, buf.getvalue())
+            write_atomic(self.path, buf.getvalue())
         new = not self.path.exists() or self.path.stat().st_size == 0
         try:
             self._fh = open(self.path, "a", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._fh, lineterminator="\n")
+            if new:
+                self._writer.writerow(METRIC_COLUMNS)
+                self._sync()
         except OSError as e:
             raise UserError(f"{self.path}: cannot write ({e.strerror or e})") from None
-        self._writer = csv.writer(self._fh, lineterminator="\n")
-        if new:
-            self._writer.writerow(METRIC_COLUMNS)
-            self._sync()
 
     def append(self, row: Mapping[str, float]) -> None:
         """Write one epoch's row (missing values as ``nan``) and make it durable before returning."""
@@ -172,18 +243,20 @@ class MetricsLog:
         except OSError as e:
             raise UserError(f"{self.path}: cannot write ({e.strerror or e})") from None
 
+    def rows(self) -> list[dict[str, float]]:
+        """The rows logged so far, as dicts."""
+        cols = [self.history[c] for c in METRIC_COLUMNS]
+        return [dict(zip(METRIC_COLUMNS, values, strict=True)) for values in zip(*cols, strict=True)]
+
     def _sync(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass
 
 
 def _cells(values: Sequence[float]) -> list[str]:
@@ -230,3 +303,62 @@ def read_metrics(run_dir: Path) -> dict[str, list[float]]:
 def inspect_command(run_dir: Path) -> str:
     """The shell command that opens a run in ``cnnbp inspect``."""
     return f"cnnbp inspect {shlex.quote(str(run_dir))}"
+
+
+def resume_command(run_dir: Path) -> str:
+    """The shell command that continues a run."""
+    return f"cnnbp train --resume {shlex.quote(str(run_dir))}"
+
+
+# ---- a run as Python objects ---------------------------------------------------------------------------
+
+
+class Run:
+    """A run folder as Python objects (``cnnbp.load_run(path)``, or what ``cnnbp.train`` returns).
+
+    ``path`` is the folder, ``config`` its resolved config (a dict), ``metrics`` the rows of
+    ``metrics.csv`` (one dict per epoch, epoch 0 the initial state), ``epochs`` the epochs that have a
+    checkpoint, and ``checkpoint(n)`` loads one (``"last"`` the newest).  Everything is read when asked
+    for, so a Run of a run still training shows what has been written so far.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"{path}: no such run folder")
+        if not (path / CONFIG).is_file():
+            raise UserError(f"{path}: not a run folder (no {CONFIG})")
+        self.path = path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        from cnnbp.yamlio import read_yaml
+
+        return read_yaml(self.path / CONFIG)
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        columns = read_metrics(self.path)
+        rows = []
+        for values in zip(*(columns[c] for c in METRIC_COLUMNS), strict=True):
+            row = dict(zip(METRIC_COLUMNS, values, strict=True))
+            rows.append({k: int(v) if k in _INT_COLUMNS else v for k, v in row.items()})
+        return rows
+
+    @property
+    def epochs(self) -> list[int]:
+        return [e for e, _ in find_checkpoints(self.path)]
+
+    def checkpoint(self, epoch: int | str = "last") -> Any:
+        """The checkpoint of ``epoch`` (an int, or ``"last"``) as a :class:`cnnbp.Checkpoint`."""
+        from cnnbp.checkpoint import read_checkpoint
+
+        return read_checkpoint(resolve_checkpoint(self.path, epoch))
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, epochs={self.epochs})"
+
+
+def load_run(path: Path | str) -> Run:
+    """The run in folder ``path``; a UserError when it is not one."""
+    return Run(path)

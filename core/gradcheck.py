@@ -63,10 +63,7 @@ from functools import partial
 
 import numpy as np
 from cnnbp.core.errors import ShapeError
-from cnnbp.core.layers.activations import Identity, ReLU, Sigmoid, Tanh
 from cnnbp.core.layers.base import Layer
-from cnnbp.core.layers.conv import Conv2D
-from cnnbp.core.layers.pooling import LpPool, MaxPool, MeanPool, Subsample
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
 from numpy.lib.stride_tricks import sliding_window_view
@@ -167,7 +164,12 @@ class GradcheckResult:
     cast_from: str | None
     atol_floor: float = 0.0
 
-    def passed(self, strict: bool = False) -> bool:
+    @property
+    def passed(self) -> bool:
+        """True when no row FAILs (KINK rows allowed)."""
+        return self.ok()
+
+    def ok(self, strict: bool = False) -> bool:
         """True when no row FAILs (and, if ``strict``, none is a KINK either)."""
         bad = {FAIL, KINK} if strict else {FAIL}
         return not any(r.status in bad for r in self.rows)
@@ -191,10 +193,6 @@ def non_analytic_layers(net: Sequential, loss: Loss) -> list[str]:
 # ---- the suffix evaluator -----------------------------------------------------------------
 _Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-#: Layers that act element by element (a perturbation stays where it is).
-_ELEMENTWISE = (Sigmoid, Tanh, ReLU, Identity)
-
-
 @dataclass(frozen=True)
 class _Step:
     """Geometry of one layer on the local path: where a dirty box of the input goes in the output.
@@ -214,18 +212,6 @@ class _Step:
     q0: tuple[int, int] = (0, 0)
     ob: tuple[int, int] = (1, 1)
     crop: tuple[int, int] = (1, 1)
-
-
-def _window_geometry(layer: Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
-    """(kernel, stride, padding) of a translation-equivariant windowed layer, else None."""
-    kind = type(layer)
-    if kind is Conv2D and layer.bias == "tied":  # an untied bias depends on the position
-        return layer.kernel, layer.stride, layer.padding
-    if kind in (MaxPool, MeanPool, LpPool):
-        return layer.size, layer.stride, (0, 0)
-    if kind is Subsample:
-        return (layer.scale, layer.scale), (layer.scale, layer.scale), (0, 0)
-    return None
 
 
 @dataclass(frozen=True)
@@ -338,9 +324,9 @@ class _Checker:
         for j in range(start, len(self.layers)):
             cin, cout = self.acts[j], self.acts[j + 1]
             per += 2 * (cin[0].size + cout[0].size)
-            kernel = getattr(self.layers[j], "kernel", None)
-            if kernel is not None and cin.ndim == 4 and cout.ndim == 4:
-                per += cin.shape[1] * int(np.prod(kernel)) * cout.shape[2] * cout.shape[3]
+            geometry = self.layers[j].window()
+            if geometry is not None and cin.ndim == 4 and cout.ndim == 4:  # im2col columns
+                per += cin.shape[1] * int(np.prod(geometry[0])) * cout.shape[2] * cout.shape[3]
         return per * rows * itemsize
 
     # ---- local propagation of single-element perturbations -------------------------------------
@@ -353,10 +339,10 @@ class _Checker:
         ib = (1, 1)
         while self.local and j < len(self.layers) and self.acts[j].ndim == 4 and self.acts[j + 1].ndim == 4:
             layer = self.layers[j]
-            if type(layer) in _ELEMENTWISE:
+            if layer.elementwise:
                 steps.append(_Step(j, window=False, ob=ib))
             else:
-                geo = _window_geometry(layer)
+                geo = layer.window()
                 if geo is None:
                     break
                 k, s, p = geo

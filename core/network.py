@@ -157,6 +157,31 @@ class Sequential:
         """``{layer: {param: gradient}}``, keyed like ``parameters`` (live arrays)."""
         return {l.name: l.grads for l in self.layers if l.params}
 
+    def set_parameters(
+        self, params: Mapping[str, Mapping[str, np.ndarray]], *, same_dtype: bool = False
+    ) -> None:
+        """Copy ``{layer: {param: array}}`` into the built network: the one weight copier.
+
+        Every parametric layer must be given with exactly its parameters and shapes, and nothing
+        else; all is checked before anything is copied (all or nothing).  Values are cast to the
+        network's dtype; with ``same_dtype`` a value of another dtype is an error instead (a resumed
+        run must continue from exactly the saved numbers).  Raises ParameterError naming the layer.
+        """
+        expected = {info.name: info.param_shapes for info in self.summary() if info.param_shapes}
+        for layer in self.layers:
+            if set(expected.get(layer.name, {})) - set(layer.params):
+                raise ValueError(f"network is not built ({layer.name} has no parameters); call build() first")
+        for lname, shapes in expected.items():
+            _check_group(lname, shapes, params, self.layer(lname).params, same_dtype)
+        extra = [lname for lname in params if lname not in expected]
+        if extra:
+            those = ", ".join(expected) or "none"
+            raise ParameterError(f"layer {extra[0]} is not a parametric layer of the model (those are: {those})")
+        for lname in expected:
+            layer = self.layer(lname)
+            for key, value in params[lname].items():
+                layer.params[key][...] = np.asarray(value)
+
     def cast(self, dtype: np.dtype | type) -> Sequential:
         """Convert every parameter (and gradient buffer) to ``dtype`` in place."""
         self.dtype = np.dtype(dtype)
@@ -164,6 +189,34 @@ class Sequential:
             layer.params = {k: v.astype(dtype) for k, v in layer.params.items()}
             layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
         return self
+
+
+def _check_group(
+    lname: str,
+    shapes: Mapping[str, Shape],
+    params: Mapping[str, Mapping[str, np.ndarray]],
+    current: Mapping[str, np.ndarray],
+    same_dtype: bool,
+) -> None:
+    """ParameterError unless ``params[lname]`` holds exactly the parameters of ``shapes``, numeric."""
+    if lname not in params:
+        raise ParameterError(f"has no parameters for layer {lname} (it has: {', '.join(params) or 'none'})")
+    group = params[lname]
+    for key in shapes:
+        if key not in group:
+            raise ParameterError(f"layer {lname} has no parameter {key} (it has: {', '.join(group) or 'none'})")
+    for key, value in group.items():
+        if key not in shapes:
+            raise ParameterError(f"layer {lname} parameter {key} is not in the model (it expects {', '.join(shapes)})")
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "fiu":
+            raise ParameterError(f"layer {lname} parameter {key} is not a real numeric array ({arr.dtype})")
+        if arr.shape != tuple(shapes[key]):
+            raise ParameterError(
+                f"layer {lname} parameter {key} has shape {_fmt(arr.shape)}, the model expects {_fmt(shapes[key])}"
+            )
+        if same_dtype and arr.dtype != current[key].dtype:
+            raise ParameterError(f"layer {lname} parameter {key} is {arr.dtype}, the model is {current[key].dtype}")
 
 
 def _fmt(shape: Shape) -> str:

@@ -1,52 +1,153 @@
-"""SGD with optional momentum and weight decay; its state lives here, not in the layers."""
+"""Optimisers behind one protocol: ``step``, hyper-parameters, ``state_dict`` / ``load_state_dict``.
+
+An optimiser updates ``params[layer][key]`` in place from ``grads[layer][key]`` (the batch-mean
+gradient).  Its state lives in the optimiser, keyed like the parameters, never in the layers.
+``state_dict()`` gives that state as plain data — numbers, and buffers as ``{layer: {param: array}}``
+mappings — which the checkpoint writer stores generically and ``load_state_dict`` takes back, so a
+resumed run continues bit for bit whatever the optimiser.
+
+Hyper-parameters are the constructor's annotated arguments (see :mod:`cnnbp.core.hyper`), so the
+config's ``train`` keys, ``hyper()`` and ``from_hyper`` follow from the signature.  ``OPTIMIZERS``
+maps the config name (``train.optimizer``) to the class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
 import numpy as np
 
+from cnnbp.core.hyper import Bound, NonNegFloat, PositiveFloat, check_hyper, hyper_values
+
 Params = dict[str, dict[str, np.ndarray]]
+#: a rate in [0, 1): momentum, Adam's betas
+Rate = Annotated[float, Bound(ge=0, lt=1)]
 
 
-class SGD:
-    """``W ← W − α·g`` (seed 001) with g the batch-mean gradient.
+class Optimizer:
+    """The protocol.  Subclasses implement ``update`` and declare their state buffers in ``buffers``."""
 
-    With weight decay λ: g ← g + λW.  With momentum μ (PyTorch's form):
-    v ← μ v + g,  W ← W − α v.  ``state`` holds the velocities, keyed like the
-    parameters (``state[layer][param]``), so it can be saved and restored.
-    """
+    #: the config name (``train.optimizer``)
+    kind: ClassVar[str] = "optimizer"
+    #: names of the per-parameter state buffers ``state_dict`` holds
+    buffers: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay}")
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.state: Params = {}
+    lr: float
+
+    def __init__(self, **hyper: Any) -> None:
+        try:
+            checked = check_hyper(type(self), hyper)
+        except ValueError as e:
+            raise ValueError(f"{self.kind}: {e}") from None
+        for key, value in checked.items():
+            setattr(self, key, value)
+        #: updates done so far (Adam's t)
+        self.t = 0
+        self.state: dict[str, Params] = {name: {} for name in self.buffers}
+
+    @classmethod
+    def from_hyper(cls, hyper: Mapping[str, Any]) -> Optimizer:
+        return cls(**hyper)
+
+    def hyper(self) -> dict[str, Any]:
+        """Hyper-parameters as plain values (pairs as lists)."""
+        return hyper_values(self)
 
     def step(self, params: Params, grads: Params) -> None:
         """Update ``params`` in place from ``grads`` (same keys)."""
+        self.t += 1
         for lname, group in params.items():
             for key, w in group.items():
                 g = grads[lname][key]
                 if self.weight_decay:
                     g = g + self.weight_decay * w
-                if self.momentum:
-                    v = self.state.setdefault(lname, {}).get(key)
-                    if v is None:
-                        v = self.state[lname][key] = np.zeros_like(w)
-                    v *= self.momentum
-                    v += g
-                    g = v
-                w -= (self.lr * g).astype(w.dtype, copy=False)
+                w -= self.update(lname, key, w, g).astype(w.dtype, copy=False)
 
-    def state_dict(self) -> Params:
-        """A copy of the velocities, ``{layer: {param: v}}``."""
-        return {l: {k: v.copy() for k, v in g.items()} for l, g in self.state.items()}
+    def update(self, lname: str, key: str, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The amount subtracted from parameter ``lname.key`` (value ``w``) for gradient ``g``."""
+        raise NotImplementedError
 
-    def load_state_dict(self, state: Params) -> None:
-        """Replace the velocities with copies of ``state`` (as ``state_dict`` returns it)."""
-        self.state = {l: {k: np.array(v) for k, v in g.items()} for l, g in state.items()}
+    def _buffer(self, name: str, lname: str, key: str, like: np.ndarray) -> np.ndarray:
+        """State buffer ``name`` of one parameter, zeros on first use."""
+        group = self.state[name].setdefault(lname, {})
+        if key not in group:
+            group[key] = np.zeros_like(like)
+        return group[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"t": updates, <buffer>: {layer: {param: copy}} ...}``."""
+        state: dict[str, Any] = {"t": self.t}
+        for name in self.buffers:
+            state[name] = {l: {k: v.copy() for k, v in g.items()} for l, g in self.state[name].items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what ``state_dict`` gave (buffers copied); missing buffers start empty."""
+        self.t = int(state.get("t", 0))
+        for name in self.buffers:
+            given = state.get(name) or {}
+            self.state[name] = {l: {k: np.array(v) for k, v in g.items()} for l, g in given.items()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """``W ← W − α·g`` (seed 001) with g the batch-mean gradient.
+
+    With weight decay λ: g ← g + λW.  With momentum μ (PyTorch's form): v ← μ v + g,
+    W ← W − α v, the velocity v in the ``velocity`` buffer.
+    """
+
+    kind = "sgd"
+    buffers = ("velocity",)
+
+    def __init__(self, lr: PositiveFloat = 0.1, momentum: Rate = 0.0, weight_decay: NonNegFloat = 0.0) -> None:
+        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def update(self, lname: str, key: str, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+        if self.momentum:
+            v = self._buffer("velocity", lname, key, w)
+            v *= self.momentum
+            v += g
+            g = v
+        return self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam as ``torch.optim.Adam`` (SPEC §6), t counting from 1:
+
+    ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``, ``m̂ = m/(1−β₁ᵗ)``, ``v̂ = v/(1−β₂ᵗ)``,
+    ``W ← W − α m̂ / (√v̂ + ε)``; weight decay adds λW to g first (L2, not AdamW).
+    """
+
+    kind = "adam"
+    buffers = ("exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        lr: PositiveFloat = 1e-3,
+        betas: tuple[Rate, Rate] = (0.9, 0.999),
+        eps: PositiveFloat = 1e-8,
+        weight_decay: NonNegFloat = 0.0,
+    ) -> None:
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def update(self, lname: str, key: str, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+        b1, b2 = self.betas
+        m = self._buffer("exp_avg", lname, key, w)
+        v = self._buffer("exp_avg_sq", lname, key, w)
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        # torch's order of operations, so float64 agrees to rounding: denom = √v / √(1−β₂ᵗ) + ε,
+        # step = (α / (1−β₁ᵗ)) · m / denom
+        denom = np.sqrt(v) / np.sqrt(1.0 - b2**self.t) + self.eps
+        return (self.lr / (1.0 - b1**self.t)) * m / denom
+
+
+#: config name → class
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.kind: cls for cls in (SGD, Adam)}

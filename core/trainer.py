@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
-from cnnbp.core.optim import SGD
+from cnnbp.core.optim import Optimizer
 
 Params = dict[str, dict[str, np.ndarray]]
 #: ``on_batch(batch, n_batches, batch_loss)``, called after each update; ``batch`` counts from 1.
@@ -111,13 +111,13 @@ class _KeepOutput(Loss):
 
 
 class Trainer:
-    """Runs epochs of mini-batch SGD over in-memory arrays and counts optimiser updates in ``step``."""
+    """Runs epochs of mini-batch updates over in-memory arrays and counts optimiser updates in ``step``."""
 
     def __init__(
         self,
         net: Sequential,
         loss: Loss,
-        optimizer: SGD,
+        optimizer: Optimizer,
         *,
         batch_size: int,
         shuffle: bool = True,

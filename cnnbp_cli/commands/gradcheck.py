@@ -1,35 +1,5 @@
-"""``cnnbp gradcheck``: prove a network's gradients by finite differences (``core.gradcheck``).
-
-What is checked: every parameter gradient, every layer's per-sample delta and the input gradient of
-a small batch, element by element, against finite differences of the loss (see ``core/gradcheck.py``
-for the methods, the relative error and kink detection).
-
-The network (TARGET):
-
-* a config file (default: the built-in digits config): the network ``cnnbp train`` starts from,
-  built with ``np.random.default_rng(cfg.seed)`` in the config's dtype, or with ``model.init_from``'s
-  weights when the config names them;
-* a run folder (its last checkpoint, or ``--checkpoint N``) or a checkpoint file: rebuilt from the
-  checkpoint's own ``/config`` with its ``/weights`` (as ``cnnbp export`` does).
-
-Told apart by content: a folder is a run, an HDF5 file a checkpoint, anything else a YAML config.
-The check always runs in float64: a float32 network is checked on a float64 copy (core casts it) and
-the report says so.
-
-The inputs: ``--samples`` examples of the config's training split (``load_dataset`` loads the data
-as train does: the config's dtype, seed, validation split and ``data.limit``), targets included,
-drawn with ``np.random.default_rng([seed, SAMPLE_STREAM])`` (``--seed``, default the config's seed;
-SAMPLE_STREAM is "gradcheck" in ASCII, so the draw shares no stream with the split or shuffles) and
-sorted.  The same generator then picks the elements ``--per-tensor`` samples.  ``--seed`` never
-changes the network (``--set seed=S`` does, as ``cnnbp train --seed S`` would).
-
-A checkpoint whose data path does not exist on this machine (a run trained elsewhere) falls back to
-its probe samples (``/probe/x``, ``/probe/y``; up to ``--samples`` of them, drawn the same way) and
-the report says so; ``--set data.path=...`` points it at a local copy instead.  Data that exists but
-cannot be loaded, or a config's missing data, is an error (exit 2).  On a checkpoint ``--set`` may
-change ``data.*`` only: the network is the checkpoint's.
-
-The report: a table on stdout (one row per tensor; compacted, then with columns left out, to fit the
+"""``cnnbp gradcheck``: parse the options, run the library check (:mod:`cnnbp.checking`), render the
+report: a table on stdout (one row per tensor; compacted, then with columns left out, to fit the
 terminal — see :func:`rows_table`) and a footer (method, inputs, precision, size and time, verdict);
 ``--json`` prints the same as one JSON object.
 
@@ -42,52 +12,26 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import h5py
-import numpy as np
 import typer
-from cnnbp.checkpoint import Checkpoint, read_checkpoint, resolve_target
-from cnnbp.commands.export import checkpoint_config, rebuild
-from cnnbp.commands.train import load_initial_weights, n_outputs
-from cnnbp.config import (  # apply_override: the same --set KEY=VALUE rules train uses
-    apply_override,
-    build_loss,
-    build_network,
-    default_config_path,
-    load_config,
-)
-from cnnbp.core.gradcheck import (
-    DEFAULT_EPS,
-    FAIL,
-    KINK,
-    PASS,
-    GradcheckResult,
-    TensorCheck,
-    non_analytic_layers,
-)
-from cnnbp.core.gradcheck import gradcheck as check_gradients
-from cnnbp.core.losses import Loss
-from cnnbp.core.network import Sequential
-from cnnbp.data import load_dataset
-from cnnbp.errors import UserError
-from cnnbp.render.console import json_number, shape_text, stderr_console, stdout_console
-from cnnbp.spec import RunConfig
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["SAMPLE_STREAM", "Method", "Subject", "gradcheck", "parse_eps", "resolve_network"]
+from cnnbp.checking import GradcheckReport, Subject, prepare, run_check
+from cnnbp.core.gradcheck import DEFAULT_EPS, FAIL, KINK, PASS, GradcheckResult
+from cnnbp.errors import UserError
+from cnnbp.render.console import shape_text, stderr_console, stdout_console
 
-SAMPLE_STREAM = int.from_bytes(b"gradcheck", "big")
-_PATH_SOURCES = ("npz", "idx", "hdf5")
+__all__ = ["Method", "gradcheck", "parse_eps"]
+
 _STATUS_STYLE = {PASS: "green", FAIL: "bold red", KINK: "yellow"}
-_MAX_LISTED = 8  # sample indices (and failing rows) named in the text footer
+_MAX_LISTED = 8  # failing rows named in the verdict
 
 
 class Method(str, Enum):
@@ -97,130 +41,6 @@ class Method(str, Enum):
     richardson = "richardson"
     complex = "complex"
     auto = "auto"
-
-
-# ---- what is checked --------------------------------------------------------------------------------
-@dataclass
-class Subject:
-    """The network, its loss and the batch to check, with how each was obtained (for the report)."""
-
-    net: Sequential
-    loss: Loss
-    x: np.ndarray
-    y: np.ndarray
-    kind: str  # "config" | "checkpoint"
-    target: str  # the config file or checkpoint file read
-    weights: str  # where the weights come from, in words
-    inputs: str  # "data" | "probe"
-    inputs_text: str  # the inputs, in words
-    sample_indices: list[int]  # the samples' indices in the training split
-    requested_method: str  # --method as given ("auto" before core resolves it)
-    non_analytic: list[str]  # the layers (and loss) that rule out complex-step
-    epoch: int | None = None
-
-
-@dataclass
-class _Network:
-    """A network resolved from TARGET, before any data is read."""
-
-    cfg: RunConfig
-    net: Sequential
-    kind: str
-    target: str
-    weights: str
-    ck: Checkpoint | None = None
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """A folder (a run) or an HDF5 file is a checkpoint target; anything else is a config."""
-    if path.is_dir():
-        return True
-    try:
-        return bool(h5py.is_hdf5(path)) or path.suffix.lower() == ".h5"
-    except OSError:
-        return path.suffix.lower() == ".h5"
-
-
-def resolve_network(target: Path | None, checkpoint: str | None, sets: list[str]) -> _Network:
-    """The config and network TARGET names (see the module docstring); UserError when it cannot."""
-    if target is not None and not target.exists():
-        raise UserError(f"{target}: no such config file, run folder or checkpoint file")
-    if target is None or not _is_checkpoint(target):
-        path = default_config_path() if target is None else target
-        if checkpoint is not None:
-            raise UserError(f"--checkpoint: selects a checkpoint of a run folder, but {path} is a config")
-        cfg = load_config(path, sets)
-        net = build_network(cfg).build(np.random.default_rng(cfg.seed), np.dtype(cfg.dtype))
-        weights = f"initial weights (seed {cfg.seed}), {cfg.dtype}"
-        if cfg.model.init_from:
-            read = load_initial_weights(net, cfg.model.init_from)
-            weights = f"weights of model.init_from {read}, {cfg.dtype}"
-        shown = "the built-in default config" if target is None else str(path)
-        return _Network(cfg, net, "config", shown, weights)
-
-    path = resolve_target(target, checkpoint)
-    ck = read_checkpoint(path)
-    raw = checkpoint_config(path, ck)
-    for text in sets:
-        key = text.partition("=")[0].strip()
-        if key != "data" and not key.startswith(("data.", "data[")):
-            raise UserError(f"--set {text}: a checkpoint's network is fixed; only data.* can be changed here")
-        apply_override(raw, text)
-    cfg, net = rebuild(path, ck, raw)
-    weights = f"run {ck.run_name}, epoch {ck.epoch}, {ck.dtype}"
-    return _Network(cfg, net, "checkpoint", str(path), weights, ck)
-
-
-def _draw(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``min(k, n)`` sorted indices out of ``n``, without replacement."""
-    return np.sort(rng.choice(n, size=min(k, n), replace=False)).astype(np.int64)
-
-
-def _data_missing(cfg: RunConfig) -> str | None:
-    """The data path when the config's data lives in a file or folder that does not exist here."""
-    path = cfg.data.path
-    if cfg.data.source in _PATH_SOURCES and path is not None and not Path(path).expanduser().exists():
-        return path
-    return None
-
-
-def _listed(indices: list[int]) -> str:
-    shown = ", ".join(str(i) for i in indices[:_MAX_LISTED])
-    return shown + (", …" if len(indices) > _MAX_LISTED else "")
-
-
-def choose_inputs(
-    found: _Network, samples: int, rng: np.random.Generator, seed: int
-) -> tuple[np.ndarray, np.ndarray, str, str, list[int]]:
-    """The batch to check: ``(x, y, "data" | "probe", description, training-set indices)``."""
-    cfg, ck = found.cfg, found.ck
-    missing = _data_missing(cfg) if ck is not None else None
-    if ck is not None and missing is not None:
-        probe_x = np.asarray(ck.probe_x)
-        n_probe = int(probe_x.shape[0]) if probe_x.ndim else 0
-        if n_probe == 0:
-            raise UserError(
-                f"{missing}: data not found and {found.target} has no probe samples; "
-                "--set data.path=... points at a copy of the data"
-            )
-        pick = _draw(n_probe, samples, rng)
-        index = [int(i) for i in np.asarray(ck.probe_index)[pick]]
-        text = (
-            f"{len(pick)} of the checkpoint's {n_probe} probe samples (data not found here: {missing}), "
-            f"drawn with seed {seed}; training-set indices {_listed(index)}"
-        )
-        return probe_x[pick], np.asarray(ck.probe_y)[pick], "probe", text, index
-
-    out = n_outputs(found.net.summary()[-1].output_shape)
-    data = load_dataset(cfg.data, cfg.model.input_shape, out, np.dtype(cfg.dtype), cfg.seed, cfg.base_dir)
-    n = data.x_train.shape[0]
-    pick = _draw(n, samples, rng)
-    index = [int(i) for i in pick]
-    text = (
-        f"{len(pick)} of {n:,} training samples of {data.description}, drawn with seed {seed}; "
-        f"indices {_listed(index)}"
-    )
-    return data.x_train[pick], data.y_train[pick], "data", text, index
 
 
 # ---- option parsing ---------------------------------------------------------------------------------
@@ -235,30 +55,6 @@ def parse_eps(text: str) -> float | None:
     if not (math.isfinite(value) and value > 0):
         raise UserError(f"--eps: expected 'auto' or a number > 0, got {text!r}")
     return value
-
-
-def check_layers(net: Sequential, layers: list[str]) -> list[str] | None:
-    """``--layer`` names, checked against the network (``input`` is the input-gradient row)."""
-    if not layers:
-        return None
-    names = ["input", *(layer.name for layer in net.layers)]
-    unknown = [n for n in dict.fromkeys(layers) if n not in names]
-    if unknown:
-        what = "no such layer" if len(unknown) == 1 else "no such layers"
-        raise UserError(f"--layer {', '.join(unknown)}: {what}; the layers are {', '.join(names)}")
-    return list(dict.fromkeys(layers))
-
-
-def refuse_complex(net: Sequential, loss: Loss) -> None:
-    """UserError naming what is not holomorphic, for ``--method complex``."""
-    bad = non_analytic_layers(net, loss)
-    if bad:
-        kinds = {layer.name: type(layer).__name__ for layer in net.layers}
-        named = ", ".join(f"{b} ({kinds[b]})" if b in kinds else b for b in bad)
-        raise UserError(
-            f"--method complex: needs every layer to be analytic, and these are not: {named}; "
-            "use --method auto (complex where possible, else central), central or richardson"
-        )
 
 
 # ---- the report -------------------------------------------------------------------------------------
@@ -357,11 +153,6 @@ def _index(index: tuple[int, ...]) -> str:
     return ",".join(str(i) for i in index)
 
 
-def verdict(result: GradcheckResult, strict: bool) -> str:
-    """``PASS`` or ``FAIL`` (``--strict`` counts KINK rows as failures)."""
-    return PASS if result.passed(strict) else FAIL
-
-
 def verdict_text(result: GradcheckResult, strict: bool) -> Text:
     """The verdict with the rows that decide it."""
     fails = [f"{r.layer}.{r.tensor}" for r in result.rows if r.status == FAIL]
@@ -420,42 +211,6 @@ def footer(subject: Subject, result: GradcheckResult, strict: bool) -> Table:
     )
     grid.add_row("verdict", verdict_text(result, strict))
     return grid
-
-
-def _row_json(r: TensorCheck) -> dict[str, Any]:
-    d = asdict(r)
-    d["shape"] = list(r.shape)
-    d["worst_index"] = list(r.worst_index)
-    for key in ("max_rel_error", "analytic", "numeric"):
-        d[key] = json_number(d[key])
-    return d
-
-
-def to_json(subject: Subject, result: GradcheckResult, strict: bool) -> str:
-    """The whole report as one JSON object (non-finite numbers as "inf"/"-inf"/null)."""
-    counts = {s: sum(r.status == s for r in result.rows) for s in (PASS, FAIL, KINK)}
-    return json.dumps(
-        {
-            "target": subject.target,
-            "kind": subject.kind,
-            "weights": subject.weights,
-            "epoch": subject.epoch,
-            "inputs": subject.inputs,
-            "sample_indices": subject.sample_indices,
-            "method": result.method,
-            "requested_method": subject.requested_method,
-            "eps": result.eps,
-            "rtol": result.rtol,
-            "atol_floor": result.atol_floor,
-            "samples": result.samples,
-            "seconds": result.seconds,
-            "cast_from": result.cast_from,
-            "strict": strict,
-            "verdict": verdict(result, strict),
-            "counts": counts,
-            "rows": [_row_json(r) for r in result.rows],
-        }
-    )
 
 
 def print_report(console: Console, subject: Subject, result: GradcheckResult, strict: bool) -> None:
@@ -568,45 +323,27 @@ def gradcheck(
     step = parse_eps(eps)
     if not (math.isfinite(rtol) and rtol > 0):
         raise UserError(f"--rtol: expected a number > 0, got {rtol!r}")
+    subject, selected, rng = prepare(target, method=method.value, checkpoint=checkpoint, samples=samples,
+                                     layers=list(layers or []), seed=seed, overrides=list(sets or []))  # fmt: skip
 
-    found = resolve_network(target, checkpoint, list(sets or []))
-    loss = build_loss(found.cfg)
-    selected = check_layers(found.net, list(layers or []))
-    if method is Method.complex:
-        refuse_complex(found.net, loss)
-    draw_seed = found.cfg.seed if seed is None else seed
-    rng = np.random.default_rng([draw_seed, SAMPLE_STREAM])
-    x, y, inputs, inputs_text, index = choose_inputs(found, samples, rng, draw_seed)
-    subject = Subject(
-        net=found.net, loss=loss, x=x, y=y, kind=found.kind, target=found.target, weights=found.weights,
-        inputs=inputs, inputs_text=inputs_text, sample_indices=index, requested_method=method.value,
-        non_analytic=non_analytic_layers(found.net, loss),
-        epoch=found.ck.epoch if found.ck is not None else None,
-    )  # fmt: skip
-
-    def run() -> GradcheckResult:
-        try:
-            return check_gradients(
-                subject.net, loss, subject.x, subject.y, method=method.value, eps=step, rtol=rtol,
-                layers=selected, per_tensor=per_tensor, check_all=True if check_all else None, rng=rng,
-            )  # fmt: skip
-        except ValueError as e:  # the options are checked above; keep core's words for anything left
-            raise UserError(f"gradcheck: {e}") from None
+    def run() -> GradcheckReport:
+        return run_check(subject, selected, rng, check_all=True if check_all else None, per_tensor=per_tensor,
+                         eps=step, rtol=rtol)  # fmt: skip
 
     try:
         if err_con.is_terminal and not json_out:
             with err_con.status("checking gradients…"):
-                result = run()
+                report = run()
         else:
-            result = run()
+            report = run()
     except KeyboardInterrupt:
         err_con.print("interrupted", markup=False)
         raise typer.Exit(130) from None
 
     if json_out:
-        sys.stdout.write(to_json(subject, result, strict) + "\n")
+        sys.stdout.write(json.dumps(report.to_dict(strict)) + "\n")
         sys.stdout.flush()
     else:
-        print_report(out_con, subject, result, strict)
-    if not result.passed(strict):
+        print_report(out_con, subject, report.result, strict)
+    if not report.ok(strict):
         raise typer.Exit(1)

@@ -31,14 +31,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 import yaml
-from cnnbp.checkpoint import (
-    CHECKPOINTS,
-    Checkpoint,
-    LayerRecord,
-    find_checkpoints,
-    read_checkpoint,
-    resolve_target,
-)
+from cnnbp.checkpoint import Checkpoint, LayerRecord, read_checkpoint
+from cnnbp.runs import CHECKPOINTS, find_checkpoints, run_folder
+from cnnbp.runs import resolve_checkpoint as resolve_target
 from cnnbp.errors import UserError
 from cnnbp.render import termplot as tp
 from cnnbp.render.console import pct, shape_text, stderr_console
@@ -74,18 +69,6 @@ class Style:
 
 
 # ---- finding and reading --------------------------------------------------------------------------------
-
-
-def run_folder(target: Path) -> Path | None:
-    """The run folder a target belongs to: itself, the parent of its ``checkpoints`` folder, or None."""
-    target = Path(target)
-    if target.is_dir():
-        if target.name == CHECKPOINTS and not (target / CHECKPOINTS).is_dir():
-            return target.parent
-        return target
-    if target.parent.name == CHECKPOINTS:
-        return target.parent.parent
-    return None
 
 
 def load_checkpoint(target: Path, checkpoint: str) -> Checkpoint:

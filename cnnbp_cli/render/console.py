@@ -1,4 +1,4 @@
-"""Terminal output: consoles, the model table, training progress and the run summary.
+"""Terminal output: consoles, the one-line error, the model table and the run summary.
 
 Data (tables, summaries, JSON lines) goes to stdout; progress and errors go to stderr.  Colour and
 live bars follow rich's own detection: ``TERM=dumb`` and pipes get plain text; ``NO_COLOR`` drops the
@@ -7,19 +7,16 @@ colours, while on a terminal rich still draws bold and dim (``cnnbp inspect`` tu
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from cnnbp.core.network import LayerInfo
 from cnnbp.runs import inspect_command
+from cnnbp.runner import RunSummary
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -72,159 +69,7 @@ def model_table(infos: Sequence[LayerInfo], input_shape: Sequence[int], title: s
     return table
 
 
-def epoch_line(row: Mapping[str, float], epochs: int) -> str:
-    """``epoch 3/15  train_loss 0.1234  train_acc 96.1%  val_loss 0.0987  val_acc 97.2%  2.1s``."""
-    parts = [f"epoch {int(row['epoch'])}/{epochs}"]
-    if math.isfinite(row.get("train_loss", math.nan)):
-        parts += [f"train_loss {num(row['train_loss'])}", f"train_acc {pct(row['train_acc'])}"]
-    if math.isfinite(row.get("val_loss", math.nan)):
-        parts += [f"val_loss {num(row['val_loss'])}", f"val_acc {pct(row['val_acc'])}"]
-    parts.append(f"{row.get('seconds', 0.0):.1f}s")
-    return "  ".join(parts)
-
-
-# ---- progress reporters --------------------------------------------------------------------------------
-
-
-class Reporter(Protocol):
-    """Receives training events; the training loop knows nothing about terminals."""
-
-    wants_batches: bool
-
-    def start(self, epochs: int, batches: int) -> None: ...
-
-    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None: ...
-
-    def epoch(self, row: Mapping[str, float]) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class EpochLines:
-    """One plain line per epoch on stderr (for logs and pipes)."""
-
-    wants_batches = False
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.epochs = 0
-
-    def start(self, epochs: int, batches: int) -> None:
-        self.epochs = epochs
-
-    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        pass
-
-    def epoch(self, row: Mapping[str, float]) -> None:
-        self.console.print(epoch_line(row, self.epochs), markup=False, soft_wrap=True)
-
-    def stop(self) -> None:
-        pass
-
-
-class LiveProgress(EpochLines):
-    """A live bar on a terminal (epoch, batch, running loss, ETA), each finished epoch logged above it."""
-
-    wants_batches = True
-
-    def __init__(self, console: Console, epoch_lines: bool = True) -> None:
-        super().__init__(console)
-        self.epoch_lines = epoch_lines
-        self._progress: Progress | None = None
-        self._task = 0
-
-    def start(self, epochs: int, batches: int) -> None:
-        self.epochs = epochs
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            TextColumn("batch {task.fields[batch]}/{task.fields[batches]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self._task = self._progress.add_task(
-            "train", total=epochs * batches, epoch=1, epochs=epochs, batch=0, batches=batches, loss="-"
-        )
-        self._progress.start()
-
-    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        assert self._progress is not None
-        self._progress.update(self._task, advance=1, epoch=epoch, batch=batch, loss=num(loss))
-
-    def epoch(self, row: Mapping[str, float]) -> None:
-        if self.epoch_lines:
-            text = epoch_line(row, self.epochs)
-            if self._progress is not None:
-                self._progress.console.print(text, markup=False, soft_wrap=True)
-            else:
-                self.console.print(text, markup=False, soft_wrap=True)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
-class JsonLines:
-    """One JSON object per trained epoch on stdout; NaN becomes null so every line is strict JSON."""
-
-    wants_batches = False
-    KEYS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
-
-    def start(self, epochs: int, batches: int) -> None:
-        pass
-
-    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        pass
-
-    def epoch(self, row: Mapping[str, float]) -> None:
-        if int(row["epoch"]) == 0:  # the initial state is not a trained epoch
-            return
-        obj = {k: _json_value(k, row.get(k, math.nan)) for k in self.KEYS}
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    def stop(self) -> None:
-        pass
-
-
-def json_number(value: float) -> float | str | None:
-    """A number for a JSON report: NaN as null, ±inf as ``"inf"`` / ``"-inf"``, others unchanged."""
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
-def _json_value(key: str, value: float) -> Any:
-    if key in ("epoch", "step"):
-        return int(value)
-    return float(value) if math.isfinite(value) else None
-
-
 # ---- the end of a run -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished (or stopped) run reports."""
-
-    run_dir: Path
-    epochs: int
-    steps: int
-    seconds: float  # wall time of the whole run
-    train_seconds: float  # time spent in training passes only
-    samples: int  # training samples processed
-    final: Mapping[str, float]  # the last epoch's metrics row
-    best_val_acc: tuple[float, int]  # (value, epoch)
-    best_val_loss: tuple[float, int]
-    has_val: bool
-    val_is_test: bool
 
 
 def summary_lines(s: RunSummary) -> list[Text]:

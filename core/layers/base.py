@@ -1,14 +1,25 @@
-"""The layer protocol: forward/backward, ``params`` and ``grads`` dicts with the same keys."""
+"""The layer protocol: forward/backward, ``params`` and ``grads`` dicts with the same keys, and the facts
+every other part of cnnbp reads from a layer's class (its kind, hyper-parameters, kinks, geometry,
+export mappings)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
 from cnnbp.core.errors import ShapeError
+from cnnbp.core.hyper import check_hyper, hyper_values
 from cnnbp.core.init import Initializer, Zeros
+from cnnbp.core.registry import LAYERS
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from cnnbp.core.network import LayerInfo
 
 Shape = tuple[int, ...]
+#: (kernel, stride, padding) of a windowed layer, each an (h, w) pair
+Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 #: Largest scratch array a layer keeps between calls (bigger ones are allocated per call).
 WORK_CACHE_BYTES = 64 * 2**20
@@ -17,28 +28,74 @@ WORK_CACHE_BYTES = 64 * 2**20
 class Layer:
     """A network layer.
 
-    Subclasses implement ``output_shape`` (per-sample shapes, no batch axis),
-    ``forward`` and ``backward``; parametric layers also ``param_shapes`` and
-    ``fans``.  ``backward(dy)`` takes ∂L/∂y for the batch, returns ∂L/∂x and
-    stores ∂L/∂θ in ``grads`` (summed over the batch: whatever scalar ``dy`` is
-    the gradient of).  ``dy`` is never modified in place.
+    Subclasses implement ``output_shape`` (per-sample shapes, no batch axis), ``forward`` and
+    ``backward``; parametric layers also ``param_shapes``, ``param_names`` and ``fans``.
+    ``backward(dy)`` takes ∂L/∂y for the batch, returns ∂L/∂x and stores ∂L/∂θ in ``grads`` (summed
+    over the batch: whatever scalar ``dy`` is the gradient of).  ``dy`` is never modified in place.
+
+    Hyper-parameters are the constructor's arguments (``name`` and ``init`` aside), annotated with
+    their types (see :mod:`cnnbp.core.hyper`) and kept as attributes of the same names:
+    ``hyper()`` reads them back and ``from_hyper`` rebuilds the layer, so the config schema, the
+    checkpoint's ``/model`` record and the rebuild all follow from the signature.
     """
 
-    kind: str = "layer"
-    #: True when the forward pass is a holomorphic function of inputs and params,
-    #: so complex-step differentiation applies.
-    analytic: bool = True
+    #: the config ``type:`` (set by ``register_layer``)
+    kind: ClassVar[str] = "layer"
+    #: True when the forward pass is a holomorphic function of inputs and params (complex step applies)
+    analytic: ClassVar[bool] = True
+    #: True when output element i depends on input element i alone (activations): the checker
+    #: propagates a perturbation through such a layer locally, and a config entry may name it as an
+    #: ``activation:`` of a parametric layer
+    elementwise: ClassVar[bool] = False
+    #: names of the trainable parameters, the weight first (a bare ``init: <scheme>`` applies to it)
+    param_names: ClassVar[tuple[str, ...]] = ()
+    #: the weight initialiser a parametric layer followed by this layer defaults to (None: its own)
+    init_before: ClassVar[str | None] = None
+    #: an ONNX operator with no attributes computing this layer (element-wise layers), else None
+    onnx_op: ClassVar[str | None] = None
+    #: the ``torch.nn`` module class computing this layer with no arguments, else None
+    torch_op: ClassVar[str | None] = None
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, init: Mapping[str, Initializer] | None = None) -> None:
         self.name = name or self.kind
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
-        self.init: dict[str, Initializer] = {}
+        self.init: dict[str, Initializer] = dict(init or {})
         self.input_shape: Shape | None = None
         self._x: np.ndarray | None = None
         self._work: dict[str, tuple[tuple, np.ndarray]] = {}
 
-    # ---- shapes ------------------------------------------------------------------
+    # ---- hyper-parameters ----------------------------------------------------------------------
+    @classmethod
+    def from_hyper(
+        cls, hyper: Mapping[str, Any], *, name: str | None = None, init: Mapping[str, Initializer] | None = None
+    ) -> Layer:
+        """The layer with these hyper-parameters (as ``hyper()`` gives them)."""
+        return cls(**hyper, name=name, init=init)
+
+    def hyper(self) -> dict[str, Any]:
+        """Hyper-parameters as plain values (pairs as lists), keyed like the constructor's arguments."""
+        return hyper_values(self, self._spec_class())
+
+    def _spec_class(self) -> type:
+        """The class whose signature declares this layer's hyper-parameters: the one registered for
+        its kind (``Pool`` for a ``MaxPool``), else its own."""
+        registered = LAYERS.get(self.kind)
+        return registered if registered is not None and isinstance(self, registered) else type(self)
+
+    def _set_hyper(self, **values: Any) -> None:
+        """Check each value against its annotation and keep it as an attribute (pairs as tuples).
+
+        A value that does not fit is a ShapeError naming this layer and the argument (``key``).
+        """
+        for key, value in values.items():
+            try:
+                checked = check_hyper(self._spec_class(), {key: value})[key]
+            except ValueError as e:
+                raise ShapeError(self.name, str(e).partition(": ")[2], key=key) from None
+            setattr(self, key, checked)
+
+    # ---- shapes ------------------------------------------------------------------------------------
     def output_shape(self, input_shape: Shape) -> Shape:
         """Per-sample output shape for a per-sample input shape; raises ShapeError."""
         return input_shape
@@ -51,19 +108,25 @@ class Layer:
         """(fan_in, fan_out) used by the Glorot and He initialisers."""
         return (1, 1)
 
-    def hyper(self) -> dict[str, object]:
-        """Hyper-parameters as plain values (for summaries and checkpoints)."""
+    def window(self) -> Window | None:
+        """(kernel, stride, padding) when the layer is a translation-equivariant window over its input
+        (one output element depends only on the inputs under its window), else None."""
+        return None
+
+    # ---- parameters ------------------------------------------------------------------------------
+    def default_init(self) -> dict[str, Initializer]:
+        """The initialiser of each parameter when ``init`` does not name one (missing ones: zeros)."""
         return {}
 
-    # ---- parameters ------------------------------------------------------------------
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> None:
         """Allocate and initialise the parameters for ``input_shape``."""
         self.output_shape(input_shape)  # validates
         self.input_shape = tuple(input_shape)
         fan_in, fan_out = self.fans(input_shape)
+        defaults = self.default_init()
         self.params = {}
         for key, shape in self.param_shapes(input_shape).items():
-            init = self.init.get(key, Zeros())
+            init = self.init.get(key) or defaults.get(key) or Zeros()
             self.params[key] = init(shape, fan_in, fan_out, rng, dtype, where=f"{self.name}.{key}")
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
@@ -72,19 +135,7 @@ class Layer:
         """Number of parameter values held (0 before ``build``)."""
         return int(sum(p.size for p in self.params.values()))
 
-    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
-        """Replace parameter values (checked against the current shapes), keeping dtype."""
-        for key, value in values.items():
-            if key not in self.params:
-                raise ShapeError(self.name, f"has no parameter {key!r} (it has {sorted(self.params)})")
-            arr = np.asarray(value)
-            if arr.shape != self.params[key].shape:
-                raise ShapeError(
-                    self.name, f"parameter {key} has shape {self.params[key].shape}, got {arr.shape}"
-                )
-            self.params[key][...] = arr
-
-    # ---- computation ------------------------------------------------------------------
+    # ---- computation -------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         """y for a batch x, caching what ``backward`` needs."""
         raise NotImplementedError
@@ -102,6 +153,22 @@ class Layer:
         if self.params:
             self.backward(dy)
 
+    # ---- export mappings (the exporters and the torch mirror call these) ----------------------------
+    def to_onnx(self, g: Any, x: str, out: str, info: LayerInfo) -> None:
+        """Append to the ONNX graph builder ``g`` the nodes computing this layer from tensor ``x`` into
+        tensor ``out`` (see ``cnnbp.onnx_graph.Graph``); NotImplementedError when there is no mapping."""
+        if self.onnx_op is None:
+            raise NotImplementedError(f"layer type {self.kind!r} has no ONNX mapping")
+        g.op(self.onnx_op, [x], out, self.name)
+
+    def to_torch(self, t: Any, info: LayerInfo) -> tuple[Any, dict[str, Any]]:
+        """This layer as a ``torch.nn.Module`` and ``{param: its torch Parameter}`` (``t`` gives
+        ``torch``, ``nn``, ``F`` and ``module(fn, *owned)``; see ``cnnbp.torch_mirror``)."""
+        if self.torch_op is None:
+            raise NotImplementedError(f"layer type {self.kind!r} has no PyTorch counterpart")
+        return getattr(t.nn, self.torch_op)(), {}
+
+    # ---- helpers for subclasses ------------------------------------------------------------------
     def _work_array(
         self, role: str, shape: Shape, dtype: np.dtype, zero: bool = False, tag: object = None
     ) -> np.ndarray:
@@ -135,27 +202,20 @@ class Layer:
         return f"{type(self).__name__}({self.name!r}{', ' if args else ''}{args})"
 
 
-def pair(value: int | tuple[int, int] | list[int], what: str, layer: str) -> tuple[int, int]:
-    """An int or a pair of ints as a pair; raises ShapeError for anything else."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise ShapeError(layer, f"{what} must be an int or a pair of ints, got {value!r}")
-
-
-def positive_int(value: object, what: str, layer: str) -> int:
-    """``value`` as an int when it is an int ≥ 1 (not a bool); raises ShapeError for anything else."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ShapeError(layer, f"{what} must be a positive int, got {value!r}")
-    return int(value)
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """An int (as a checked hyper-parameter of type ``Size``/``Padding`` keeps it) as an (h, w) pair."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
     """Raise ShapeError unless the per-sample ``input_shape`` has ``rank`` axes (``what`` says which)."""
     if len(input_shape) != rank:
-        raise ShapeError(
-            layer, f"expects {what} per sample, got shape {tuple(input_shape)}"
-        )
+        raise ShapeError(layer, f"expects {what} per sample, got shape {tuple(input_shape)}")
+
+
+def times(g: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``g · dy``, into ``g`` (a new array the layer owns) when that keeps the result's dtype."""
+    if np.result_type(g, dy) == g.dtype:
+        g *= dy
+        return g
+    return g * dy

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from cnnbp.core.errors import ShapeError
+from cnnbp.core.hyper import Padding, PositiveInt, Size
 from cnnbp.core.init import GlorotUniform, Initializer, Zeros
-from cnnbp.core.layers.base import Layer, Shape, expect_rank, pair, positive_int
+from cnnbp.core.layers.base import Layer, Shape, Window, expect_rank
+from cnnbp.core.registry import register_layer
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 
@@ -22,6 +24,7 @@ def windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
     return v[:, :, ::sh, ::sw]
 
 
+@register_layer("conv")
 class Conv2D(Layer):
     """Cross-correlation of N×C×H×W inputs with F×C×kh×kw kernels, plus a bias.
 
@@ -37,38 +40,27 @@ class Conv2D(Layer):
       ∂L/∂b = Σ_{i,j} δ_ij per filter (``tied``) or δ_ij itself (``untied``).
     """
 
-    kind = "conv"
+    param_names = ("W", "b")
 
     def __init__(
         self,
-        filters: int,
-        kernel: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        filters: PositiveInt,
+        kernel: Size,
+        stride: Size = 1,
+        padding: Padding = 0,
         bias: Literal["tied", "untied"] = "tied",
-        init: dict[str, Initializer] | None = None,
         name: str | None = None,
+        init: dict[str, Initializer] | None = None,
     ) -> None:
-        super().__init__(name)
-        self.filters = positive_int(filters, "filters", self.name)
-        self.kernel = pair(kernel, "kernel", self.name)
-        self.stride = pair(stride, "stride", self.name)
-        self.padding = pair(padding, "padding", self.name)
-        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ShapeError(self.name, "kernel and stride must be ≥ 1 and padding ≥ 0")
-        if bias not in ("tied", "untied"):
-            raise ShapeError(self.name, f"bias must be 'tied' or 'untied', got {bias!r}")
-        self.bias = bias
-        self.init = {"W": GlorotUniform(), "b": Zeros(), **(init or {})}
+        super().__init__(name, init)
+        self._set_hyper(filters=filters, kernel=kernel, stride=stride, padding=padding, bias=bias)
 
-    def hyper(self) -> dict[str, object]:
-        return {
-            "filters": self.filters,
-            "kernel": list(self.kernel),
-            "stride": list(self.stride),
-            "padding": list(self.padding),
-            "bias": self.bias,
-        }
+    def default_init(self) -> dict[str, Initializer]:
+        return {"W": GlorotUniform(), "b": Zeros()}
+
+    def window(self) -> Window | None:
+        # an untied bias depends on the position: not translation-equivariant
+        return (self.kernel, self.stride, self.padding) if self.bias == "tied" else None
 
     def output_shape(self, input_shape: Shape) -> Shape:
         expect_rank(self.name, input_shape, 3, "a C×H×W image")
@@ -218,6 +210,49 @@ class Conv2D(Layer):
                 rows = slice(r0, r0 + sh * (i1 - i0), sh)
                 cols[:, a, b, :, i0:i1, j0:j1] = xc[:, :, rows, q0 : q0 + sw * (j1 - j0) : sw]
         return cols.reshape(c, kh, kw, n, ho * wo)
+
+    # ---- export mappings ---------------------------------------------------------------------------
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        """``Conv`` (pads [ph, pw, ph, pw]; a tied bias as its B, an untied one as an Add of (1, F, Ho, Wo));
+        decomposed: Pad → a strided Slice per kernel offset → Concat (im2col) → MatMul → Add."""
+        name, (f, ho, wo), c = self.name, info.output_shape, info.input_shape[0]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        W, b = self.params["W"], self.params["b"]
+        w_name = g.init(f"{name}/W", W)
+        if self.bias == "untied":  # (F, Ho, Wo) → (1, F, Ho, Wo), broadcast over the batch
+            b_name = g.init(f"{name}/b", b.reshape(1, f, ho, wo))
+        else:
+            b_name = g.init(f"{name}/b", b.reshape(1, f, 1, 1) if g.decomposed else b)
+        if not g.decomposed:
+            attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, ph, pw]}
+            if self.bias == "tied":
+                g.op("Conv", [x, w_name, b_name], out, name, **attrs)
+            else:
+                z = g.tmp("Conv", [x, w_name], f"{name}/conv", name, **attrs)
+                g.op("Add", [z, b_name], out, f"{name}/bias")
+            return
+        # im2col with standard ops: columns ordered (a, b, c), so W is transposed to (F, kh, kw, C)
+        if ph or pw:
+            pads = g.ints(f"{name}/pads", [0, 0, ph, pw, 0, 0, ph, pw])
+            x = g.tmp("Pad", [x, pads], f"{name}/padded", f"{name}/pad")
+        parts = g.window_slices(x, name, self.kernel, self.stride, (ho, wo))
+        cols = g.tmp("Concat", parts, f"{name}/cols", f"{name}/im2col", axis=1)
+        k = kh * kw * c
+        shape = g.ints(f"{name}/cols_shape", [0, k, ho * wo])
+        cols = g.tmp("Reshape", [cols, shape], f"{name}/cols2d", f"{name}/cols_reshape")
+        wt = g.tmp("Transpose", [w_name], f"{name}/W_hwc", f"{name}/W_transpose", perm=[0, 2, 3, 1])
+        wm = g.tmp("Reshape", [wt, g.ints(f"{name}/W_shape", [f, k])], f"{name}/W2d", f"{name}/W_reshape")
+        z = g.tmp("MatMul", [wm, cols], f"{name}/matmul", f"{name}/matmul")  # (F, K) @ (N, K, L) → (N, F, L)
+        z = g.tmp("Reshape", [z, g.ints(f"{name}/z_shape", [0, f, ho, wo])], f"{name}/conv", f"{name}/z_reshape")
+        g.op("Add", [z, b_name], out, f"{name}/bias")
+
+    def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
+        tied = self.bias == "tied"
+        conv = t.nn.Conv2d(info.input_shape[0], self.filters, self.kernel, self.stride, self.padding, bias=tied)
+        if tied:
+            return conv, {"W": conv.weight, "b": conv.bias}
+        b = t.nn.Parameter(t.torch.zeros(info.output_shape))
+        return t.module(lambda x: conv(x) + b, conv, b), {"W": conv.weight, "b": b}
 
 
 def _span(offset: int, stride: int, pad: int, size_in: int, size_out: int) -> tuple[int, int, int]:

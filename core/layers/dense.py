@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
 from cnnbp.core.errors import ShapeError
+from cnnbp.core.hyper import PositiveInt
 from cnnbp.core.init import GlorotUniform, Initializer, Zeros
-from cnnbp.core.layers.base import Layer, Shape, positive_int
+from cnnbp.core.layers.base import Layer, Shape
+from cnnbp.core.registry import register_layer
 
 
+@register_layer("dense")
 class Dense(Layer):
     """z = W a + b for a batch of feature vectors (N, units_in) → (N, units).
 
     ∂L/∂W_ji = δ_j a_i,  ∂L/∂b_j = δ_j,  ∂L/∂a = Wᵀ δ (seed 000 §2, seed 001 §9.3).
     """
 
-    kind = "dense"
+    param_names = ("W", "b")
 
     def __init__(
-        self, units: int, init: dict[str, Initializer] | None = None, name: str | None = None
+        self, units: PositiveInt, name: str | None = None, init: dict[str, Initializer] | None = None
     ) -> None:
-        super().__init__(name)
-        self.units = positive_int(units, "units", self.name)
-        self.init = {"W": GlorotUniform(), "b": Zeros(), **(init or {})}
+        super().__init__(name, init)
+        self._set_hyper(units=units)
 
-    def hyper(self) -> dict[str, object]:
-        return {"units": self.units}
+    def default_init(self) -> dict[str, Initializer]:
+        return {"W": GlorotUniform(), "b": Zeros()}
 
     def output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
@@ -49,3 +54,14 @@ class Dense(Layer):
         self.grads["W"] = dy.T @ x
         self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["W"]
+
+    # ---- export mappings ---------------------------------------------------------------------------
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        """``Gemm(transB=1)``: x Wᵀ + b with W stored (units_out, units_in)."""
+        w = g.init(f"{self.name}/W", self.params["W"])
+        b = g.init(f"{self.name}/b", self.params["b"])
+        g.op("Gemm", [x, w, b], out, self.name, transB=1)
+
+    def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
+        lin = t.nn.Linear(info.input_shape[0], self.units)
+        return lin, {"W": lin.weight, "b": lin.bias}

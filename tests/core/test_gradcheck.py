@@ -194,7 +194,7 @@ def test_correct_passes_and_injected_error_is_named(
         net = build(make(), shape)
         x, y = batch(net, loss)
         clean = gradcheck(net, loss, x, y)
-        assert clean.passed(strict=True), [r for r in clean.rows if r.status != PASS]
+        assert clean.ok(strict=True), [r for r in clean.rows if r.status != PASS]
         assert {r.status for r in clean.rows} == {PASS}
         assert all(r.checked == r.total for r in clean.rows)
 
@@ -213,7 +213,7 @@ def test_correct_passes_and_injected_error_is_named(
         res = gradcheck(net, loss, x, y)
         monkeypatch.undo()
 
-        assert not res.passed()
+        assert not res.passed
         bad = res.row(*row_key)
         assert bad.status == FAIL
         assert bad.worst_index == index
@@ -262,8 +262,8 @@ def test_relu_at_zero_is_a_kink_not_a_failure() -> None:
     row = res.row("hidden", "b")
     assert row.worst_index == (1,) and row.n_kink == 1 and row.n_fail == 0
     assert res.row("hidden", "delta").worst_index[1] == 1
-    assert res.passed()
-    assert not res.passed(strict=True)
+    assert res.passed
+    assert not res.ok(strict=True)
 
 
 def test_max_pool_tie_is_a_kink() -> None:
@@ -275,7 +275,7 @@ def test_max_pool_tie_is_a_kink() -> None:
     assert row.status == KINK and row.n_fail == 0
     assert row.worst_index in {(0, 0, 0, 0), (0, 0, 0, 1)}
     assert {s for k, s in statuses(res).items() if k != ("input", "input")} == {PASS}
-    assert res.passed() and not res.passed(strict=True)
+    assert res.passed and not res.ok(strict=True)
 
 
 def test_a_real_error_next_to_a_kink_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,7 +316,7 @@ def test_complex_step_agrees_with_richardson(loss_cls: type[Loss]) -> None:
     x *= 0.5
     c = gradcheck(net, loss, x, y, method="complex")
     r = gradcheck(net, loss, x, y, method="richardson")
-    assert c.method == "complex" and c.passed(strict=True) and r.passed(strict=True)
+    assert c.method == "complex" and c.ok(strict=True) and r.ok(strict=True)
     assert max(row.max_rel_error for row in c.rows) <= 1e-12
     for rc, rr in zip(c.rows, r.rows, strict=True):
         assert (rc.layer, rc.tensor) == (rr.layer, rr.tensor)
@@ -368,7 +368,7 @@ def test_float32_network_is_checked_in_float64_and_left_unchanged() -> None:
     x, y = batch(net, MSE())
     res = gradcheck(net, MSE(), x.astype(np.float32), y)
     assert res.cast_from == "float32"
-    assert res.passed(strict=True)
+    assert res.ok(strict=True)
     after = {(l.name, k): (p.dtype, p.tobytes()) for l in net.layers for k, p in l.params.items()}
     assert after == before
 
@@ -419,7 +419,7 @@ def test_large_networks_are_sampled_by_default() -> None:
     x, y = batch(net, MSE(), m=2)
     res = gradcheck(net, MSE(), x, y, layers=["wide"])
     assert [(r.tensor, r.checked) for r in res.rows] == [("W", 64), ("b", 64), ("delta", 64)]
-    assert res.passed(strict=True)
+    assert res.ok(strict=True)
     small = analytic_net()
     forced = gradcheck(small, MSE(), *batch(small, MSE()), per_tensor=5, check_all=True)
     assert all(r.checked == r.total for r in forced.rows)

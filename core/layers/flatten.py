@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
 from cnnbp.core.layers.base import Layer, Shape
+from cnnbp.core.registry import register_layer
 
 
+@register_layer("flatten")
 class Flatten(Layer):
     """(N, C, H, W) → (N, C·H·W), index ``c·H·W + h·W + w``; backward reshapes back."""
 
-    kind = "flatten"
+    torch_op = "Flatten"
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (int(np.prod(input_shape)),)
@@ -20,3 +25,6 @@ class Flatten(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy.reshape(self._saved().shape)
+
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        g.op("Flatten", [x], out, self.name, axis=1)

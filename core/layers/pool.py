@@ -1,15 +1,16 @@
-"""Pooling: max, mean and Lp over k×k windows at any stride; the trainable Subsample of seed 003."""
+"""Pooling: max, mean and Lp over kh×kw windows at any stride (one config kind, ``pool``, by ``mode``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from cnnbp.core.errors import ShapeError
-from cnnbp.core.init import Constant, Initializer, Zeros
-from cnnbp.core.layers.base import Layer, Shape, expect_rank, pair, positive_int
+from cnnbp.core.hyper import Bound, Size
+from cnnbp.core.layers.base import Layer, Shape, Window, expect_rank
 from cnnbp.core.layers.conv import windows
+from cnnbp.core.registry import register_layer
 
 
 def pool_output_size(size: int, window: int, stride: int) -> int:
@@ -45,28 +46,48 @@ def _new_dx(
     return (np.empty if exact else np.zeros)(shape, dtype), disjoint
 
 
-class _WindowPool(Layer):
-    """Shared shape logic and the per-offset views pooling works with.
+@register_layer("pool")
+class Pool(Layer):
+    """Pooling over kh×kw windows at stride (sh, sw): ``mode`` max, mean or lp (see the subclasses).
+
+    ``Pool(size, stride, mode=..., p=...)`` makes the subclass of that mode (``MaxPool``,
+    ``MeanPool``, ``LpPool``); ``stride`` defaults to ``size`` (non-overlapping windows) and a window
+    that does not fit at the edge is dropped: ``Ho = ⌊(H − kh) / sh⌋ + 1``.  ``p`` (≥ 1, default 2) is
+    used by the Lp mode only.
 
     Max and mean pooling work channel-major, (C, N, H, W) — the layout the engine's
     conv layers return as transposed N, C, H, W views — one whole-batch operation per
     window offset (a, b), never per pixel or sample.
     """
 
+    mode: str = "max"
+
+    def __new__(cls, *args: Any, mode: str | None = None, **kwargs: Any) -> Pool:
+        if mode is None and len(args) > 2:  # Pool(size, stride, mode, ...)
+            mode = args[2]
+        wanted = cls.mode if mode is None and cls is not Pool else mode or "max"
+        if wanted not in _MODES or (cls is not Pool and wanted != cls.mode):
+            name = kwargs.get("name") or "pool"
+            raise ShapeError(name, f"expected one of max, mean, lp, got {mode!r}", key="mode")
+        return super().__new__(_MODES[wanted])
+
     def __init__(
         self,
-        size: int | tuple[int, int],
-        stride: int | tuple[int, int] | None = None,
+        size: Size,
+        stride: Size | None = None,
+        mode: Literal["max", "mean", "lp"] = "max",
+        p: Annotated[float, Bound(ge=1)] | None = None,
         name: str | None = None,
+        init: Any = None,
     ) -> None:
-        super().__init__(name)
-        self.size = pair(size, "size", self.name)
-        self.stride = pair(stride if stride is not None else size, "stride", self.name)
-        if min(self.size) < 1 or min(self.stride) < 1:
-            raise ShapeError(self.name, "size and stride must be ≥ 1")
-
-    def hyper(self) -> dict[str, object]:
-        return {"mode": self.mode, "size": list(self.size), "stride": list(self.stride)}
+        super().__init__(name, init)
+        mode = self.mode  # the subclass's: __new__ made the instance of the mode's class
+        if p is not None and mode != "lp":
+            raise ShapeError(self.name, f"only used with mode 'lp', not {mode!r}; remove it", key="p")
+        self._set_hyper(size=size, stride=size if stride is None else stride)
+        self.p: float | None = None
+        if mode == "lp":
+            self._set_hyper(p=2.0 if p is None else p)
 
     def output_shape(self, input_shape: Shape) -> Shape:
         expect_rank(self.name, input_shape, 3, "a C×H×W image")
@@ -75,6 +96,9 @@ class _WindowPool(Layer):
         if kh > h or kw > w:
             raise ShapeError(self.name, f"window {kh}×{kw} is larger than the {h}×{w} input")
         return (c, pool_output_size(h, kh, sh), pool_output_size(w, kw, sw))
+
+    def window(self) -> Window | None:
+        return self.size, self.stride, (0, 0)
 
     def _windows(self, x: np.ndarray) -> np.ndarray:
         return windows(x, *self.size, *self.stride)
@@ -105,7 +129,7 @@ class _WindowPool(Layer):
         return dx
 
 
-class MaxPool(_WindowPool):
+class MaxPool(Pool):
     """y = max over each window; ∂y/∂x_i = 1 at the arg-max, 0 elsewhere (seeds 002, 004).
 
     Ties: the first maximum in row-major order within the window receives the
@@ -119,9 +143,9 @@ class MaxPool(_WindowPool):
     passes no gradient.
     """
 
-    kind = "pool"
     mode = "max"
     analytic = False
+
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         offsets = self._offsets(x.transpose(1, 0, 2, 3))
@@ -168,12 +192,18 @@ class MaxPool(_WindowPool):
             arg[hit] = o
         return arg.transpose(1, 0, 2, 3)
 
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        g.op("MaxPool", [x], out, self.name, kernel_shape=list(self.size), strides=list(self.stride))
 
-class MeanPool(_WindowPool):
+    def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
+        return t.nn.MaxPool2d(self.size, self.stride), {}
+
+
+class MeanPool(Pool):
     """y = mean over each window; every input of a window gets δ / (kh·kw) (seed 003 upsample)."""
 
-    kind = "pool"
     mode = "mean"
+
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.dtype.kind in "biu":
@@ -198,32 +228,29 @@ class MeanPool(_WindowPool):
                 view += g
         return dxc.transpose(1, 0, 2, 3)
 
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        """``AveragePool``; decomposed: strided Slices → Sum → Div by kh·kw."""
+        name = self.name
+        if not g.decomposed:
+            g.op("AveragePool", [x], out, name, kernel_shape=list(self.size), strides=list(self.stride))
+            return
+        total = g.window_sum(x, name, self.size, self.stride, info.output_shape[1:])
+        g.op("Div", [total, g.scalar(f"{name}/count", self.size[0] * self.size[1])], out, f"{name}/mean")
 
-class LpPool(_WindowPool):
+    def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
+        return t.nn.AvgPool2d(self.size, self.stride), {}
+
+
+class LpPool(Pool):
     """y = (Σ |x|^p)^{1/p} over each window, p ≥ 1 (seed 000 §4.2).
 
     ∂y/∂x_i = (Σ|x|^p)^{1/p − 1} · |x_i|^{p−1} · sign(x_i) = y^{1−p} |x_i|^{p−1} sign(x_i);
     taken as 0 in a window that is all zeros (a kink).
     """
 
-    kind = "pool"
     mode = "lp"
     analytic = False
 
-    def __init__(
-        self,
-        size: int | tuple[int, int],
-        stride: int | tuple[int, int] | None = None,
-        p: float = 2.0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(size, stride, name)
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not p >= 1:
-            raise ShapeError(self.name, f"p must be a number ≥ 1, got {p!r}")
-        self.p = float(p)
-
-    def hyper(self) -> dict[str, object]:
-        return {**super().hyper(), "p": self.p}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         p = self.p
@@ -248,80 +275,26 @@ class LpPool(_WindowPool):
         """Which windows are all zero, and the sign of every input (|x| is kinked at 0)."""
         return np.concatenate([(self._y == 0).ravel(), np.sign(self._saved()).ravel()])
 
+    def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
+        """``LpPool`` (integer p only); decomposed: Abs → Pow p → strided Slices → Sum → Pow 1/p, any p."""
+        name, p = self.name, self.p
+        if not g.decomposed:
+            if p != int(p):
+                raise ValueError(f"LpPool needs an integer p, got {p:g}")
+            g.op("LpPool", [x], out, name, kernel_shape=list(self.size), strides=list(self.stride), p=int(p))
+            return
+        xa = g.tmp("Abs", [x], f"{name}/abs", f"{name}/abs")
+        if p != 1:
+            xa = g.tmp("Pow", [xa, g.scalar(f"{name}/p", p)], f"{name}/abs_p", f"{name}/pow")
+        total = g.window_sum(xa, name, self.size, self.stride, info.output_shape[1:])
+        if p == 1:
+            g.op("Identity", [total], out, f"{name}/root")
+        else:
+            g.op("Pow", [total, g.scalar(f"{name}/inv_p", 1.0 / p)], out, f"{name}/root")
 
-def Pool(
-    mode: Literal["max", "mean", "lp"],
-    size: int | tuple[int, int],
-    stride: int | tuple[int, int] | None = None,
-    p: float = 2.0,
-    name: str | None = None,
-) -> Layer:
-    """A pooling layer by mode; ``stride`` defaults to ``size`` (non-overlapping)."""
-    if mode == "max":
-        return MaxPool(size, stride, name=name)
-    if mode == "mean":
-        return MeanPool(size, stride, name=name)
-    if mode == "lp":
-        return LpPool(size, stride, p=p, name=name)
-    raise ShapeError(name or "pool", f"mode must be 'max', 'mean' or 'lp', got {mode!r}")
+    def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
+        (kh, kw), s, p = self.size, self.stride, self.p
+        return t.module(lambda x: (t.F.avg_pool2d(x.abs() ** p, (kh, kw), s) * (kh * kw)) ** (1.0 / p)), {}
 
 
-class Subsample(Layer):
-    """Trainable subsampling of "Notes on CNNs" (seed 003): ``z = β_c · down(x) + b_c`` per channel.
-
-    ``down`` sums each non-overlapping k×k block (a remainder that does not fill
-    a block is dropped), so the output is C × ⌊H/k⌋ × ⌊W/k⌋.
-    ∂L/∂β_c = Σ δ ∘ down(x),  ∂L/∂b_c = Σ δ,  ∂L/∂x = β · up(δ).
-    β starts at 1/k², which makes the layer a mean pool (as DeepLearnToolbox's 's' layer).
-    """
-
-    kind = "subsample"
-
-    def __init__(
-        self, scale: int, init: dict[str, Initializer] | None = None, name: str | None = None
-    ) -> None:
-        super().__init__(name)
-        self.scale = positive_int(scale, "scale", self.name)
-        self.init = {"beta": Constant(1.0 / self.scale**2), "b": Zeros(), **(init or {})}
-
-    def hyper(self) -> dict[str, object]:
-        return {"scale": self.scale}
-
-    def output_shape(self, input_shape: Shape) -> Shape:
-        expect_rank(self.name, input_shape, 3, "a C×H×W image")
-        c, h, w = input_shape
-        k = self.scale
-        if k > h or k > w:
-            raise ShapeError(self.name, f"scale {k} is larger than the {h}×{w} input")
-        return (c, h // k, w // k)
-
-    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
-        return {"beta": (input_shape[0],), "b": (input_shape[0],)}
-
-    def fans(self, input_shape: Shape) -> tuple[int, int]:
-        return self.scale**2, 1
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        k = self.scale
-        # channel-major (C, N, H, W); Σ over each k×k block, one offset at a time
-        offsets = _offset_views(x.transpose(1, 0, 2, 3), (k, k), (k, k))
-        down = offsets[0][2].copy()
-        for _, _, v in offsets[1:]:
-            down += v
-        beta, bias = self.params["beta"], self.params["b"]
-        # not in place: a complex b (complex-step on b) must be able to upcast a real z
-        z = down * beta[:, None, None, None] + bias[:, None, None, None]
-        self._x, self._down = x, down
-        return z.transpose(1, 0, 2, 3)
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        x, down = self._saved(), self._down
-        dyc = dy.transpose(1, 0, 2, 3)
-        k = self.scale
-        self.grads["beta"] = (dyc * down).sum(axis=(1, 2, 3))
-        self.grads["b"] = dyc.sum(axis=(1, 2, 3))
-        g = dyc * self.params["beta"][:, None, None, None]
-        dxc, _ = _new_dx(x.transpose(1, 0, 2, 3).shape, g.dtype, (k, k), (k, k))  # blocks are disjoint
-        for _, _, view in _offset_views(dxc, (k, k), (k, k)):
-            view[...] = g
-        return dxc.transpose(1, 0, 2, 3)
+_MODES: dict[str, type[Pool]] = {"max": MaxPool, "mean": MeanPool, "lp": LpPool}
