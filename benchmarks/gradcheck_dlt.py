@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,8 +36,6 @@ if ARGS is not None and ARGS.blas_threads > 0:
         os.environ[var] = str(ARGS.blas_threads)
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnnbp.core.gradcheck import GradcheckResult, gradcheck  # noqa: E402
 from cnnbp.core.layers import Conv2D, Dense, Flatten, MeanPool, Sigmoid  # noqa: E402

@@ -14,7 +14,7 @@ Each figure is printed with its target and ``met`` / ``NOT met``.  The step rows
 Timings move with the machine's load: the ratios come from alternating runs in one process, so
 both sides see the same machine, and every row reports the median of ``--steps`` steps.  Threads:
 one BLAS / PyTorch thread each unless ``--threads N`` (the CLI's default is one, see cnnbp_cli/app.py);
-with more, PyTorch's threads wait passively (see ``cnnbp_cli.bench.torch_wait_passively``).
+with more, PyTorch's threads wait passively (see ``cnnbp.bench.torch_wait_passively``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def verdict(ok: bool) -> str:
 
 def step_rows(steps: int) -> list[dict]:
     import numpy as np
-    from cnnbp.commands.bench import have_torch, run_bench
-    from cnnbp.config import build_loss, build_network, load_config
-    from cnnbp.core.optim import SGD
+
+    from cnnbp.bench import have_torch, run_bench
+    from cnnbp.config import build_loss, build_network, build_optimizer, load_config
 
     if not have_torch():
         print("steps vs PyTorch: skipped (PyTorch is not installed: pip install 'cnnbp[torch]')")
@@ -62,11 +62,10 @@ def step_rows(steps: int) -> list[dict]:
     rows = []
     for label, config, batch, dtype, target in STEP_TARGETS:
         cfg = load_config(REPO / "configs" / config)
-        t = cfg.train
         result = run_bench(
             build_network(cfg),
             build_loss(cfg),
-            SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay),
+            build_optimizer(cfg),
             name=label,
             batch=batch,
             dtype=np.dtype(dtype),
@@ -102,12 +101,7 @@ def step_rows(steps: int) -> list[dict]:
 _EPOCH_SCRIPT = r"""
 import json, sys, tempfile, time
 from pathlib import Path
-import numpy as np
-import cnnbp.commands.train as train_mod
-from cnnbp.config import build_loss, build_network, dump_config, load_config
-from cnnbp.data import load_dataset
-from cnnbp.runs import create_run_dir
-from cnnbp.core.optim import SGD
+import cnnbp.runner as runner
 
 def peak_rss():
     # VmHWM: this process's own high-water mark (ru_maxrss would count the parent's size at fork)
@@ -115,27 +109,22 @@ def peak_rss():
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 config, mnist = sys.argv[1], sys.argv[2]
-cfg = load_config(Path(config), [f"data.path={mnist}"], epochs=1)
-dtype = np.dtype(cfg.dtype)
-data = load_dataset(cfg.data, cfg.model.input_shape, 10, dtype, cfg.seed, cfg.base_dir)
-net = build_network(cfg).build(np.random.default_rng(cfg.seed), dtype)
-t = cfg.train
-opt = SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+# the run as `cnnbp train` makes it: config, data, network and optimiser built by the runner
+session = runner.Session.new(Path(config), [f"data.path={mnist}"], epochs=1)
+data = session.data
 
 saves = []
-plain_save = train_mod._Run.save
+plain_save = runner._Fit.save  # probe + checkpoint file, timed
 def timed_save(self, *args, **kwargs):
     t0 = time.perf_counter()
     try:
         return plain_save(self, *args, **kwargs)
     finally:
         saves.append(time.perf_counter() - t0)
-train_mod._Run.save = timed_save
+runner._Fit.save = timed_save
 
-with tempfile.TemporaryDirectory() as tmp:
-    run_dir = create_run_dir(Path(tmp), cfg.name)
-    summary = train_mod.fit(cfg, net, build_loss(cfg), opt, data, run_dir, config_text=dump_config(cfg),
-                            reporters=[])
+with tempfile.TemporaryDirectory() as tmp, session:
+    summary = session.run(Path(tmp))
 print(json.dumps({
     "epoch_seconds": summary.train_seconds,
     "test_error": 1.0 - summary.final["val_acc"],
@@ -152,11 +141,10 @@ def epoch_rows(mnist: Path) -> list[dict]:
         print(f"MNIST epoch: skipped (no MNIST IDX files in {mnist})")
         return []
     proc = subprocess.run(
-        [sys.executable, "-c", _EPOCH_SCRIPT, str(REPO / "configs" / "dlt_mnist.yaml"), str(mnist)],
+        [sys.executable, "-c", _EPOCH_SCRIPT, str(REPO / "configs" / "dlt_mnist.yaml"), str(mnist.resolve())],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
         check=False,
     )
     if proc.returncode != 0:
@@ -196,18 +184,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="also print every row as JSON at the end")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO))
-    from cnnbp.commands.bench import limit_threads, torch_wait_passively
+    from cnnbp.bench import have_torch, use_threads
 
-    limit_threads(args.threads)
-    if args.threads > 1:
-        torch_wait_passively()
-    try:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        pass
+    use_threads(args.threads, torch=have_torch())
     rows: list[dict] = []
     if args.only in (None, "steps"):
         rows += step_rows(args.steps)

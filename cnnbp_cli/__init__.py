@@ -12,93 +12,67 @@ The library (``import cnnbp``)::
 
 The engine's classes (layers, losses, optimisers, ``Sequential``) are importable from here too, for
 building networks in code; ``cnnbp.core`` is the engine itself (pure NumPy, no files).
+
+Names are loaded on first use: ``import cnnbp.app`` (the command line) must not import NumPy before
+it has pinned the BLAS threads.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__: str = version("cnnbp")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.2.0"
 
-from cnnbp.api import resume, train  # noqa: E402
-from cnnbp.checking import gradcheck  # noqa: E402
-from cnnbp.checkpoint import Checkpoint, read_checkpoint  # noqa: E402
-from cnnbp.core import (  # noqa: E402
-    LAYERS,
-    LOSSES,
-    MSE,
-    OPTIMIZERS,
-    SGD,
-    Adam,
-    Conv2D,
-    Dense,
-    Flatten,
-    Identity,
-    Layer,
-    Loss,
-    LpPool,
-    MaxPool,
-    MeanPool,
-    Optimizer,
-    Pool,
-    ReLU,
-    Sequential,
-    ShapeError,
-    Sigmoid,
-    SoftmaxCrossEntropy,
-    Subsample,
-    Tanh,
-    register_layer,
-)
-from cnnbp.core.gradcheck import GradcheckResult, TensorCheck  # noqa: E402
-from cnnbp.core.trainer import Diverged  # noqa: E402
-from cnnbp.errors import UserError  # noqa: E402
-from cnnbp.exporting import export  # noqa: E402
-from cnnbp.runner import Callback, Interrupted  # noqa: E402
-from cnnbp.runs import Run, load_run  # noqa: E402
+#: the library's names and the modules that define them (the engine's come from cnnbp.core)
+_NAMES = {
+    "train": "cnnbp.api",
+    "resume": "cnnbp.api",
+    "gradcheck": "cnnbp.checking",
+    "GradcheckReport": "cnnbp.checking",
+    "Checkpoint": "cnnbp.checkpoint",
+    "read_checkpoint": "cnnbp.checkpoint",
+    "GradcheckResult": "cnnbp.core.gradcheck",
+    "TensorCheck": "cnnbp.core.gradcheck",
+    "Diverged": "cnnbp.core.trainer",
+    "UserError": "cnnbp.errors",
+    "export": "cnnbp.exporting",
+    "Callback": "cnnbp.runner",
+    "Interrupted": "cnnbp.runner",
+    "Run": "cnnbp.runs",
+    "load_run": "cnnbp.runs",
+}
 
-__all__ = [
-    "LAYERS",
-    "LOSSES",
-    "MSE",
-    "OPTIMIZERS",
-    "SGD",
-    "Adam",
-    "Callback",
-    "Checkpoint",
-    "Conv2D",
-    "Dense",
-    "Diverged",
-    "Flatten",
-    "GradcheckResult",
-    "Identity",
-    "Interrupted",
-    "Layer",
-    "Loss",
-    "LpPool",
-    "MaxPool",
-    "MeanPool",
-    "Optimizer",
-    "Pool",
-    "ReLU",
-    "Run",
-    "Sequential",
-    "ShapeError",
-    "Sigmoid",
-    "SoftmaxCrossEntropy",
-    "Subsample",
-    "Tanh",
-    "TensorCheck",
-    "UserError",
-    "__version__",
-    "export",
-    "gradcheck",
-    "load_run",
-    "read_checkpoint",
-    "register_layer",
-    "resume",
-    "train",
-]
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
+    from cnnbp.api import resume, train  # noqa: F401
+    from cnnbp.checking import GradcheckReport, gradcheck  # noqa: F401
+    from cnnbp.checkpoint import Checkpoint, read_checkpoint  # noqa: F401
+    from cnnbp.core import *  # noqa: F401, F403
+    from cnnbp.core.gradcheck import GradcheckResult, TensorCheck  # noqa: F401
+    from cnnbp.core.trainer import Diverged  # noqa: F401
+    from cnnbp.errors import UserError  # noqa: F401
+    from cnnbp.exporting import export  # noqa: F401
+    from cnnbp.runner import Callback, Interrupted  # noqa: F401
+    from cnnbp.runs import Run, load_run  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__all__":
+        value: Any = [*import_module("cnnbp.core").__all__, *_NAMES, "__version__"]
+    elif name in _NAMES:
+        value = getattr(import_module(_NAMES[name]), name)
+    else:
+        engine = import_module("cnnbp.core")
+        if name not in engine.__all__:
+            raise AttributeError(f"module 'cnnbp' has no attribute {name!r}")
+        value = getattr(engine, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__getattr__("__all__")})

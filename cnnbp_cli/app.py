@@ -1,7 +1,8 @@
 """The ``cnnbp`` command: a Typer app with one module per command.
 
-Adding a command: write ``cnnbp_cli/<command>.py`` with a plain function whose parameters are Typer
-arguments/options (see ``train.py``), then register it below with one line.  Raise
+Adding a command: write ``cnnbp_cli/commands/<command>.py`` with a plain function whose parameters are
+Typer arguments/options (see ``commands/train.py``) that parses, calls the library and renders, then
+register it below with one line.  Raise
 :class:`~cnnbp_cli.errors.UserError` for anything the user can fix: every command then prints it as
 ``error: <message>`` on one line of stderr and exits 2, with no traceback.
 """
@@ -20,11 +21,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
 from cnnbp import __version__  # noqa: E402
-from cnnbp.commands import bench, export, gradcheck, inspect, train  # noqa: E402
+from cnnbp.commands import bench, export, gradcheck, inspect, schema, train  # noqa: E402
 from cnnbp.errors import UserError  # noqa: E402
 from cnnbp.render.console import print_error  # noqa: E402
-from typer.core import TyperGroup  # noqa: E402
 
 
 class _Group(TyperGroup):
@@ -71,6 +73,7 @@ app.command("gradcheck")(gradcheck.gradcheck)
 app.command("inspect")(inspect.inspect)
 app.command("export")(export.export)
 app.command("bench")(bench.bench)
+app.command("schema")(schema.schema)
 
 
 def main() -> None:

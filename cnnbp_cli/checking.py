@@ -30,6 +30,7 @@ local copy instead.  On a checkpoint only ``data.*`` may be overridden: the netw
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +143,10 @@ def resolve_network(
     if isinstance(target, Run):
         target = target.path
     if isinstance(target, Checkpoint):
+        if checkpoint is not None and str(checkpoint) != "last":
+            raise UserError(
+                f"{target.path}: --checkpoint selects a checkpoint of a run folder, not of a checkpoint"
+            )
         return _from_checkpoint(target, sets)
     if isinstance(target, dict) or target is None:
         if checkpoint is not None:
@@ -248,6 +253,20 @@ def choose_inputs(
     return data.x_train[pick], data.y_train[pick], "data", text, index
 
 
+def check_options(check_all: bool | None, per_tensor: int | None, eps: float | None, rtol: float) -> None:
+    """The numeric options of a check, or a UserError naming the one at fault."""
+    if check_all and per_tensor is not None:
+        raise UserError("--all and --per-tensor: use one or the other")
+    if per_tensor is not None and (
+        isinstance(per_tensor, bool) or not isinstance(per_tensor, int) or per_tensor < 1
+    ):
+        raise UserError(f"--per-tensor: expected an integer ≥ 1, got {per_tensor!r}")
+    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise UserError(f"--eps: expected 'auto' or a number > 0, got {eps!r}")
+    if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
+        raise UserError(f"--rtol: expected a number > 0, got {rtol!r}")
+
+
 def check_layers(net: Sequential, layers: Sequence[str] | None) -> list[str] | None:
     """Layer names to check, against the network (``input`` is the input-gradient row)."""
     if not layers:
@@ -301,7 +320,8 @@ def prepare(
     subject = Subject(
         net=found.net, loss=loss, x=x, y=y, kind=found.kind, target=found.target, weights=found.weights,
         inputs=inputs, inputs_text=inputs_text, sample_indices=index, requested_method=method,
-        non_analytic=non_analytic_layers(found.net, loss), epoch=found.ck.epoch if found.ck is not None else None,
+        non_analytic=non_analytic_layers(found.net, loss),
+        epoch=found.ck.epoch if found.ck is not None else None,
     )  # fmt: skip
     return subject, selected, rng
 
@@ -343,7 +363,8 @@ def run_check(
     eps: float | None = None,
     rtol: float = 1e-6,
 ) -> GradcheckReport:
-    """The check of a prepared subject."""
+    """The check of a prepared subject (the options checked first: UserError naming a bad one)."""
+    check_options(check_all, per_tensor, eps, rtol)
     try:
         result = check_gradients(
             subject.net, subject.loss, subject.x, subject.y, method=subject.requested_method, eps=eps,

@@ -478,7 +478,10 @@ def _read_optimizer(og: h5py.Group, names: list[str], version: int) -> Optimizer
     a = {k: _from_attr(v) for k, v in og.attrs.items()}
     kind = str(a.pop("type", "sgd"))
     if version == 1:  # always SGD; the velocity at /optimizer/state
-        state: dict[str, Any] = {"t": 0, "velocity": _read_params(og["state"], names) if "state" in og else {}}
+        state: dict[str, Any] = {
+            "t": 0,
+            "velocity": _read_params(og["state"], names) if "state" in og else {},
+        }
         return OptimizerRecord(kind, a, state)
     state = {"t": int(a.pop("t", 0))}
     for key in og:

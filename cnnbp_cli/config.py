@@ -262,8 +262,10 @@ def _train(t: Any) -> tuple[TrainSpec, dict]:
     given = t.model_dump()
     opt = OPTIMIZERS[given["optimizer"]]
     hyper = {p.name: _plain(given[p.name]) for p in hyper_params(opt)}
-    spec = TrainSpec(epochs=given["epochs"], batch_size=given["batch_size"], optimizer=given["optimizer"],
-                     hyper=hyper, shuffle=given["shuffle"], divergence_factor=given["divergence_factor"])  # fmt: skip
+    spec = TrainSpec(
+        epochs=given["epochs"], batch_size=given["batch_size"], optimizer=given["optimizer"], hyper=hyper,
+        shuffle=given["shuffle"], divergence_factor=given["divergence_factor"],
+    )  # fmt: skip
     return spec, {k: _plain(v) for k, v in given.items()}
 
 
@@ -448,18 +450,15 @@ def _memory_estimate(cfg: RunConfig, infos: list[LayerInfo]) -> int:
     """Rough bytes for one training batch.
 
     Parameters ×3 (values, gradients, optimiser state); per-sample input and every layer output ×3
-    (forward value, the delta, a temporary); each windowed layer with a weight's im2col columns ×2
-    (kept for backward, and their delta).
+    (forward value, the delta, a temporary); each layer's scratch (a conv's im2col columns) ×2 (kept for
+    backward, and its delta).
     """
     itemsize = np.dtype(cfg.dtype).itemsize
     params = sum(info.n_params for info in infos)
     values = math.prod(cfg.model.input_shape) + sum(math.prod(info.output_shape) for info in infos)
-    cols = sum(
-        math.prod(info.output_shape[1:]) * math.prod(info.param_shapes["W"][1:])
-        for info in infos
-        if info.kind == "conv"
-    )
-    return itemsize * (3 * params + cfg.train.batch_size * (3 * values + 2 * cols))
+    net = build_network(cfg)
+    scratch = sum(layer.scratch_size(info.input_shape) for layer, info in zip(net.layers, infos, strict=True))
+    return itemsize * (3 * params + cfg.train.batch_size * (3 * values + 2 * scratch))
 
 
 def check_model(cfg: RunConfig) -> list[LayerInfo]:

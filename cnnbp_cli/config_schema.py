@@ -135,7 +135,12 @@ def json_schema(annotation: Any) -> dict[str, Any]:
 def _json_one(kind: Any, bound: Bound | None) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if bound is not None:
-        for ours, theirs in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"), ("lt", "exclusiveMaximum")):
+        for ours, theirs in (
+            ("ge", "minimum"),
+            ("gt", "exclusiveMinimum"),
+            ("le", "maximum"),
+            ("lt", "exclusiveMaximum"),
+        ):
             if getattr(bound, ours) is not None:
                 limits[theirs] = getattr(bound, ours)
     if kind is type(None):
@@ -151,7 +156,7 @@ def _json_one(kind: Any, bound: Bound | None) -> dict[str, Any]:
     if get_origin(kind) is Literal:
         return {"enum": list(get_args(kind))}
     if get_origin(kind) is tuple:
-        items = [_json_one(t, bound) for t in get_args(kind)]
+        items = [json_schema(t) for t in get_args(kind)]
         return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
     return {}
 
@@ -291,7 +296,9 @@ def init_value(value: Any, key: str | None = None) -> Any:
         if value not in SCHEMES:
             guess = suggest(value, list(SCHEMES))
             hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise problem(f"unknown scheme {value!r}{hint}; use {', '.join(SCHEMES)}, a number or nested lists", key)
+            raise problem(
+                f"unknown scheme {value!r}{hint}; use {', '.join(SCHEMES)}, a number or nested lists", key
+            )
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(float(value)):
@@ -306,7 +313,9 @@ def init_value(value: Any, key: str | None = None) -> Any:
             return np.asarray(value, dtype=np.float64).tolist()
         except ValueError:
             raise problem("ragged nested lists: every row must have the same length", key) from None
-    raise problem(f"expected a scheme ({', '.join(SCHEMES)}), a number or nested lists, got {show(value)}", key)
+    raise problem(
+        f"expected a scheme ({', '.join(SCHEMES)}), a number or nested lists, got {show(value)}", key
+    )
 
 
 def _check_leaves(value: Any, key: str | None) -> None:
@@ -339,8 +348,15 @@ def init_field(kind: str, params: tuple[str, ...]) -> Any:
             f"a number or nested lists, got {show(value)}"
         )
 
-    per_param = {"type": "object", "properties": {p: _INIT_VALUE_SCHEMA for p in params}, "additionalProperties": False}
-    schema = {"anyOf": [{"enum": list(SCHEMES)}, per_param], "description": f"initialisers of {', '.join(params)}"}
+    per_param = {
+        "type": "object",
+        "properties": {p: _INIT_VALUE_SCHEMA for p in params},
+        "additionalProperties": False,
+    }
+    schema = {
+        "anyOf": [{"enum": list(SCHEMES)}, per_param],
+        "description": f"initialisers of {', '.join(params)}",
+    }
     return Custom(check, schema, nullable=True)
 
 
@@ -372,7 +388,10 @@ def layer_model(kind: str) -> type[Section]:
             required[p.name] = f" for a {kind} layer ({describe(p.annotation)})"
     if cls.param_names:
         acts = activation_kinds()
-        fields["activation"] = (Value(Literal[acts] | None, "adds the activation as its own layer <name>.<activation>"), None)
+        fields["activation"] = (
+            Value(Literal[acts] | None, "adds the activation as its own layer <name>.<activation>"),
+            None,
+        )
         fields["init"] = (init_field(kind, cls.param_names), None)
     model = create_model(f"Layer_{kind}", __base__=Section, **fields)
     model.owner = f"a {kind} layer"
@@ -449,7 +468,11 @@ def train_model(kind: str) -> type[Section]:
     cls = OPTIMIZERS[kind]
     fields: dict[str, Any] = {
         **_TRAIN_FIRST,
-        "optimizer": (Literal[kind], Field(kind, description="the optimiser: " + ", ".join(OPTIMIZERS))),
+        # required unless it is the default, so a JSON Schema validator can tell the variants apart
+        "optimizer": (
+            Literal[kind],
+            Field(kind if kind == "sgd" else ..., description="the optimiser: " + ", ".join(OPTIMIZERS)),
+        ),
     }
     for p in hyper_params(cls):
         fields[p.name] = (Value(p.annotation), p.default)
@@ -502,11 +525,17 @@ def _schema(kinds: tuple[str, ...]) -> type[Section]:
         dtype=(Value(Literal[DTYPES], "of data, weights, gradients and checkpoints"), "float32"),
         data=(Data, ...),
         model=(model_section, ...),
-        loss=(Value(Literal[tuple(LOSSES)], "the per-sample loss; the batch loss is the mean"), "softmax_cross_entropy"),
+        loss=(
+            Value(Literal[tuple(LOSSES)], "the per-sample loss; the batch loss is the mean"),
+            "softmax_cross_entropy",
+        ),
         train=(train_union(), Field(default_factory=lambda: train_model("sgd")())),
         record=(Record, Field(default_factory=Record)),
     )
-    top.required = {"data": " (a mapping with at least 'source')", "model": " (a mapping with 'input_shape' and 'layers')"}
+    top.required = {
+        "data": " (a mapping with at least 'source')",
+        "model": " (a mapping with 'input_shape' and 'layers')",
+    }
     top.what = "a mapping (name, data, model, ...)"
     top.elsewhere = {
         key: f"{section}.{key}"
@@ -525,18 +554,20 @@ def schema_model() -> type[Section]:
 def json_schema_document() -> dict[str, Any]:
     """The JSON Schema of the config format (``cnnbp schema``)."""
     doc = schema_model().model_json_schema()
+    doc.pop("title", None)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "cnnbp run config", **doc}
 
 
 # ---- errors ----------------------------------------------------------------------------------------
 
 
-def key_path(loc: Sequence[str | int]) -> str:
-    """``('model', 'layers', 2, 'conv', 'kernel')`` → ``model.layers[2].kernel`` (union tags dropped)."""
+def key_path(loc: Sequence[str | int], tagged: bool = True) -> str:
+    """``('model', 'layers', 2, 'conv', 'kernel')`` → ``model.layers[2].kernel``: the union tags pydantic
+    puts in the location of an error inside a layer entry or ``train`` are dropped (``tagged``)."""
     parts = list(loc)
-    if parts[:1] == ["train"] and len(parts) > 1 and parts[1] in OPTIMIZERS:
+    if tagged and parts[:1] == ["train"] and len(parts) > 1 and parts[1] in OPTIMIZERS:
         del parts[1]
-    if parts[:2] == ["model", "layers"] and len(parts) > 3 and isinstance(parts[2], int):
+    if tagged and parts[:2] == ["model", "layers"] and len(parts) > 3 and isinstance(parts[2], int):
         del parts[3]
     text = ""
     for part in parts:
@@ -555,10 +586,12 @@ def first_error(error: ValidationError) -> tuple[str, str]:
     if kind in ("union_tag_invalid", "union_tag_not_found") and loc[:2] == ["model", "layers"]:
         entry = e.get("input")
         if not isinstance(entry, dict):
-            return key_path(loc), f"expected a mapping such as {{type: conv, filters: 6, kernel: 5}}, got {show(entry)}"
+            return key_path(
+                loc
+            ), f"expected a mapping such as {{type: conv, filters: 6, kernel: 5}}, got {show(entry)}"
         if "type" not in entry or entry["type"] is None:
-            return key_path([*loc, "type"]), f"required: one of {', '.join(LAYERS)}"
-        return key_path([*loc, "type"]), choice_message(entry["type"], list(LAYERS))
+            return key_path([*loc, "type"], tagged=False), f"required: one of {', '.join(LAYERS)}"
+        return key_path([*loc, "type"], tagged=False), choice_message(entry["type"], list(LAYERS))
     if kind == "union_tag_invalid" and loc[:1] == ["train"]:
         return "train.optimizer", choice_message(e.get("input", {}).get("optimizer"), list(OPTIMIZERS))
     if kind == "missing":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from cnnbp.errors import UserError
 
 __all__ = [
@@ -147,16 +148,7 @@ def load_dataset(
         y_val = _prepare_targets(raw.y_test, n_outputs, dt)
         val_is_test = True
     else:
-        n = x_train.shape[0]
-        n_val = round(spec.val_fraction * n)
-        if n - n_val < 1:
-            raise UserError(
-                f"data.val_fraction: {spec.val_fraction} of {n} samples puts all of them into validation, "
-                "leaving no training samples"
-            )
-        perm = rng.permutation(n)
-        val_idx = np.sort(perm[:n_val])
-        train_idx = np.sort(perm[n_val:])
+        train_idx, val_idx = _validation_split(x_train.shape[0], spec.val_fraction, rng)
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         val_is_test = False
@@ -173,6 +165,18 @@ def load_dataset(
         val_is_test=val_is_test,
         description=raw.description,
     )
+
+
+def _validation_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: ``round(fraction · n)`` samples drawn for validation, both sorted."""
+    n_val = round(fraction * n)
+    if n - n_val < 1:
+        raise UserError(
+            f"data.val_fraction: {fraction} of {n} samples puts all of them into validation, "
+            "leaving no training samples"
+        )
+    perm = rng.permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -307,9 +307,7 @@ def _onnx_bytes(src: Source, opset: int, ops: str, report: ExportReport) -> byte
         "config": ck.config,
     }
     try:
-        model = to_onnx(
-            src.net, ck.loss, opset=opset, metadata=metadata, graph_name=ck.run_name, ops=ops
-        )
+        model = to_onnx(src.net, ck.loss, opset=opset, metadata=metadata, graph_name=ck.run_name, ops=ops)
     except ExportError as e:
         if "LpPool needs an integer p" in str(e):
             hint = "; --ops decomposed writes it as Abs/Pow/Slice/Sum"

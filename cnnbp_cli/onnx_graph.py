@@ -193,18 +193,11 @@ def to_onnx(
     """
     onnx_mod = _require("onnx")
     helper = onnx_mod.helper
-    if loss_name not in ("mse", "softmax_cross_entropy"):
-        raise ExportError(f"loss: {loss_name!r} is not one of mse, softmax_cross_entropy")
-    if ops not in ("auto", "native", "decomposed"):
-        raise ExportError(f"ops: {ops!r} is not one of auto, native, decomposed")
-    newest = onnx_mod.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise ExportError(f"opset: must be an int from {MIN_OPSET} to {newest}, got {opset!r}")
+    _check_options(onnx_mod, loss_name, ops, opset)
     infos = net.summary()
     _require_built(net, infos)
     dtype = param_dtype(net)
-    decomposed = ops == "decomposed" or (ops == "auto" and dtype == np.float64)
-    g = Graph(onnx_mod, dtype, decomposed)
+    g = Graph(onnx_mod, dtype, ops == "decomposed" or (ops == "auto" and dtype == np.float64))
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     out_shape = infos[-1].output_shape if infos else net.input_shape
     softmax = loss_name == "softmax_cross_entropy"
@@ -214,22 +207,7 @@ def to_onnx(
             f"{'×'.join(map(str, out_shape))}"
         )
     final = "logits" if softmax else "output"
-
-    x = INPUT_NAME
-    if not infos:
-        g.op("Identity", [x], final, "identity")
-    for i, (layer, info) in enumerate(zip(net.layers, infos, strict=True)):
-        last = i == len(infos) - 1
-        out = final if last else g.tensor(layer.name)
-        try:
-            layer.to_onnx(g, x, out, info)
-        except NotImplementedError:
-            raise ExportError(f"{layer.name}: layer type {layer.kind!r} has no ONNX mapping") from None
-        except ValueError as e:  # a mapping that cannot express these hyper-parameters
-            raise ExportError(f"{layer.name}: {e}") from None
-        if not last:
-            g.shape_info(out, info.output_shape)
-        x = out
+    _emit_layers(g, net, infos, final)
     outputs = [helper.make_tensor_value_info(final, elem, ["N", *out_shape])]
     if softmax:
         g.op("Softmax", [final], "probabilities", "softmax", axis=1)
@@ -254,6 +232,36 @@ def to_onnx(
     except Exception as e:  # a bug here, not a user mistake: keep the checker's words
         raise ExportError(f"onnx: the exported model fails onnx.checker: {first_line(e)}") from e
     return model
+
+
+def _check_options(onnx_mod: Any, loss_name: str, ops: str, opset: int) -> None:
+    if loss_name not in ("mse", "softmax_cross_entropy"):
+        raise ExportError(f"loss: {loss_name!r} is not one of mse, softmax_cross_entropy")
+    if ops not in ("auto", "native", "decomposed"):
+        raise ExportError(f"ops: {ops!r} is not one of auto, native, decomposed")
+    newest = onnx_mod.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset: must be an int from {MIN_OPSET} to {newest}, got {opset!r}")
+
+
+def _emit_layers(g: Graph, net: Sequential, infos: list[LayerInfo], final: str) -> None:
+    """Each layer's nodes, from ``input`` to the tensor ``final``; ExportError naming a layer that has
+    no mapping or one that cannot express its hyper-parameters."""
+    x = INPUT_NAME
+    if not infos:
+        g.op("Identity", [x], final, "identity")
+    for i, (layer, info) in enumerate(zip(net.layers, infos, strict=True)):
+        last = i == len(infos) - 1
+        out = final if last else g.tensor(layer.name)
+        try:
+            layer.to_onnx(g, x, out, info)
+        except NotImplementedError:
+            raise ExportError(f"{layer.name}: layer type {layer.kind!r} has no ONNX mapping") from None
+        except ValueError as e:  # a mapping that cannot express these hyper-parameters
+            raise ExportError(f"{layer.name}: {e}") from None
+        if not last:
+            g.shape_info(out, info.output_shape)
+        x = out
 
 
 def _cnnbp_version() -> str:

@@ -241,7 +241,9 @@ def restore(net: Sequential, optimizer: Optimizer, ck: Checkpoint) -> None:
             for key, v in group.items():
                 w = params.get(lname, {}).get(key)
                 if w is None or v.shape != w.shape or v.dtype != w.dtype:
-                    raise UserError(f"{ck.path}: optimizer {name} buffer {lname}.{key} does not match the model")
+                    raise UserError(
+                        f"{ck.path}: optimizer {name} buffer {lname}.{key} does not match the model"
+                    )
     optimizer.load_state_dict(saved.state)
 
 

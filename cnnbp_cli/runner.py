@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -194,7 +193,13 @@ class Interrupted(Exception):
     """
 
     def __init__(
-        self, run_dir: Path, epoch: int, step: int, checkpoint: Path | None, signum: int, at_once: bool = False
+        self,
+        run_dir: Path,
+        epoch: int,
+        step: int,
+        checkpoint: Path | None,
+        signum: int,
+        at_once: bool = False,
     ) -> None:
         if at_once:
             found = find_checkpoints(run_dir)
@@ -234,7 +239,9 @@ class RunSummary:
     val_is_test: bool
 
 
-def best(rows: Sequence[dict[str, float]], key: str, pick: Callable[[Iterable[float]], float]) -> tuple[float, int]:
+def best(
+    rows: Sequence[dict[str, float]], key: str, pick: Callable[[Iterable[float]], float]
+) -> tuple[float, int]:
     """The best finite value of a metric and its epoch (the earliest on ties); (nan, 0) when none."""
     finite = [(r[key], int(r["epoch"])) for r in rows if math.isfinite(r[key])]
     if not finite:
@@ -249,12 +256,16 @@ def best(rows: Sequence[dict[str, float]], key: str, pick: Callable[[Iterable[fl
 class _Fit:
     """One call of training a run folder: the epochs, the metrics rows, the checkpoints, the stops."""
 
-    def __init__(self, session: Session, run_dir: Path, callbacks: Sequence[Callback], stop: StopFlag) -> None:
+    def __init__(
+        self, session: Session, run_dir: Path, callbacks: Sequence[Callback], stop: StopFlag
+    ) -> None:
         cfg, data, start = session.cfg, session.data, session.start
         t = cfg.train
         self.cfg, self.data, self.run_dir, self.callbacks, self.stop = cfg, data, run_dir, callbacks, stop
-        self.trainer = Trainer(session.net, session.loss, session.optimizer, batch_size=t.batch_size,
-                               shuffle=t.shuffle, seed=cfg.seed, divergence_factor=t.divergence_factor)  # fmt: skip
+        self.trainer = Trainer(
+            session.net, session.loss, session.optimizer, batch_size=t.batch_size, shuffle=t.shuffle,
+            seed=cfg.seed, divergence_factor=t.divergence_factor,
+        )  # fmt: skip
         self.n = data.x_train.shape[0]
         self.batches = batches_per_epoch(self.n, t.batch_size)
         self.probe = choose_probe(self.n, cfg.record.probe, cfg.seed)
@@ -270,7 +281,12 @@ class _Fit:
             self.saved_step, self.first = start.step, start.next_epoch
             self.replace = start.epoch if start.replace else -1
             self.resume = start.progress
-        self.epoch, self.train_seconds, self.samples, self.steps_at_start = self.first, 0.0, 0, self.trainer.step
+        self.epoch, self.train_seconds, self.samples, self.steps_at_start = (
+            self.first,
+            0.0,
+            0,
+            self.trainer.step,
+        )
         self.start_info = StartInfo(run_dir, t.epochs, self.batches, self.first, start)
 
     # ---- checkpoints -----------------------------------------------------------------------------
@@ -288,12 +304,16 @@ class _Fit:
             grads, deltas = probe.grads, probe.deltas
         else:
             grads = {}
-            deltas = {info.name: np.zeros((0, *info.output_shape), dtype=t.net.dtype) for info in t.net.summary()}
+            deltas = {
+                info.name: np.zeros((0, *info.output_shape), dtype=t.net.dtype) for info in t.net.summary()
+            }
         if progress is None:
             done, loss_sum, n_correct = (self.batches if epoch else 0), 0.0, 0
         else:
             done, loss_sum, n_correct = progress.batches_done, progress.loss_sum, progress.n_correct
-        resume = ResumeRecord(done, self.batches, progress is None, loss_sum, n_correct, t.first_loss, self.sha)
+        resume = ResumeRecord(
+            done, self.batches, progress is None, loss_sum, n_correct, t.first_loss, self.sha
+        )
         with self.stop.deferred():  # h5py builds the file in memory through callbacks a signal must not hit
             data = checkpoint_bytes(
                 run_name=self.run_dir.name, epoch=epoch, step=t.step, seed=self.cfg.seed, loss=self.cfg.loss,
@@ -334,8 +354,10 @@ class _Fit:
         """Checkpoint 0 and the metrics row of epoch 0 of a new run: its initial state."""
         t0 = time.perf_counter()
         val_loss, val_acc = self.trainer.evaluate(self.data.x_val, self.data.y_val)
-        row = {"epoch": 0, "step": 0, "train_loss": math.nan, "train_acc": math.nan, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": self.trainer.optimizer.lr, "seconds": time.perf_counter() - t0}  # fmt: skip
+        row = {
+            "epoch": 0, "step": 0, "train_loss": math.nan, "train_acc": math.nan, "val_loss": val_loss,
+            "val_acc": val_acc, "lr": self.trainer.optimizer.lr, "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
         self.log.append(row)
         self.rows.append(row)
         self.save(0, row)
@@ -379,7 +401,9 @@ class _Fit:
         except (_StopAfterBatch, KeyboardInterrupt):
             self._stopped()
         except _StopNow as e:
-            raise Interrupted(self.run_dir, self.epoch, self.trainer.step, None, e.signum, at_once=True) from None
+            raise Interrupted(
+                self.run_dir, self.epoch, self.trainer.step, None, e.signum, at_once=True
+            ) from None
         finally:
             for c in self.callbacks:
                 c.on_stop()
@@ -393,7 +417,9 @@ class _Fit:
             for c in self.callbacks:
                 c.on_stop()
             path = self.save_stop()
-        except _StopNow as e:  # a second signal while saving: the temporary file is gone, earlier files intact
+        except (
+            _StopNow
+        ) as e:  # a second signal while saving: the temporary file is gone, earlier files intact
             raise Interrupted(self.run_dir, self.epoch, step, None, e.signum, at_once=True) from None
         raise Interrupted(self.run_dir, self.epoch, step, path, self.stop.signum or signal.SIGINT) from None
 
@@ -485,7 +511,9 @@ class Session:
         data = load_dataset(cfg.data, cfg.model.input_shape, n_outputs(infos[-1].output_shape), dtype,
                             cfg.seed, cfg.base_dir)  # fmt: skip
         net = build_network(cfg).build(np.random.default_rng(cfg.seed), dtype)
-        return cls(cfg, infos, data, net, build_loss(cfg), build_optimizer(cfg), data_sha256=data_fingerprint(data))
+        return cls(
+            cfg, infos, data, net, build_loss(cfg), build_optimizer(cfg), data_sha256=data_fingerprint(data)
+        )
 
     def _check_total(self, epochs: int | None) -> None:
         start, total = self.start, self.cfg.train.epochs
@@ -498,7 +526,9 @@ class Session:
             )
         self.complete = True
 
-    def run(self, out: Path = Path("runs"), callbacks: Sequence[Callback] = (), stop: StopFlag | None = None) -> RunSummary | None:
+    def run(
+        self, out: Path = Path("runs"), callbacks: Sequence[Callback] = (), stop: StopFlag | None = None
+    ) -> RunSummary | None:
         """Create the run folder (a new run) and train; None when a resumed run had nothing to do.
 
         Raises :class:`Interrupted` (state saved) on a signal and ``Diverged`` on divergence.
@@ -513,7 +543,9 @@ class Session:
             self._locks.enter_context(run_lock(self.run_dir))
             write_config(self.run_dir, config_text)
         elif (self.run_dir / CONFIG).read_text(encoding="utf-8") != config_text:
-            write_config(self.run_dir, config_text)  # the new total of --epochs, or a change made with --force
+            write_config(
+                self.run_dir, config_text
+            )  # the new total of --epochs, or a change made with --force
         stop = stop or StopFlag()
         try:
             with stop.installed():
@@ -579,4 +611,3 @@ def load_initial_weights(net: Sequential, source: str) -> Path:
     except ParameterError as e:
         raise UserError(f"model.init_from: {path}: {e}") from None
     return path
-

@@ -192,7 +192,7 @@ def remove_stale_tmp(run_dir: Path) -> list[Path]:
     removed = []
     for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
         if folder.is_dir():
-            for p in folder.glob(".*.tmp"):
+            for p in folder.glob("*.tmp"):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

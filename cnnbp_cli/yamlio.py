@@ -22,8 +22,8 @@ __all__ = ["Loader", "absolute", "apply_override", "dump_yaml", "load_yaml_text"
 _FLOAT = "tag:yaml.org,2002:float"
 
 
-class Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2's float rule: ``1e-3`` is a float (a dot and a signed exponent are
+class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # the C parser where PyYAML has it
+    """The safe loader with YAML 1.2's float rule: ``1e-3`` is a float (a dot and a signed exponent are
     not needed), ``.inf`` and ``.nan`` as before."""
 
 
@@ -58,7 +58,9 @@ class _Dumper(yaml.SafeDumper):
 
 def dump_yaml(data: Any) -> str:
     """YAML text of plain data, keys in their order, no aliases."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
+    return yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100
+    )
 
 
 def _fail(place: str, problem: str) -> NoReturn:
@@ -196,8 +198,6 @@ def apply_override(raw: dict, text: str) -> None:
             holder = raw.get(section)
             if isinstance(holder, dict) and isinstance(holder.get(name), str) and holder[name].strip():
                 holder[name] = absolute(holder[name], Path.cwd())
-
-
 
 
 def absolute(path: str, base_dir: Path | None) -> str:

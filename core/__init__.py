@@ -4,21 +4,8 @@ No YAML, no files, no printing: the rest of ``cnnbp`` does those.
 """
 
 from cnnbp.core.errors import ParameterError, ShapeError
-from cnnbp.core.layers import (
-    Conv2D,
-    Dense,
-    Flatten,
-    Identity,
-    Layer,
-    LpPool,
-    MaxPool,
-    MeanPool,
-    Pool,
-    ReLU,
-    Sigmoid,
-    Subsample,
-    Tanh,
-)
+from cnnbp.core.layers import *  # noqa: F403 - every layer class, by its class name
+from cnnbp.core.layers import __all__ as _layers
 from cnnbp.core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.core.optim import OPTIMIZERS, SGD, Adam, Optimizer
@@ -31,26 +18,14 @@ __all__ = [
     "OPTIMIZERS",
     "SGD",
     "Adam",
-    "Conv2D",
-    "Dense",
-    "Flatten",
-    "Identity",
-    "Layer",
     "LayerInfo",
     "Loss",
-    "LpPool",
-    "MaxPool",
-    "MeanPool",
     "Optimizer",
     "ParameterError",
-    "Pool",
-    "ReLU",
     "Sequential",
     "ShapeError",
-    "Sigmoid",
     "SoftmaxCrossEntropy",
-    "Subsample",
-    "Tanh",
     "layer_class",
     "register_layer",
+    *_layers,
 ]

@@ -62,11 +62,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.layers.base import Layer
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
     "DEFAULT_ATOL_FLOOR",
@@ -192,6 +193,7 @@ def non_analytic_layers(net: Sequential, loss: Loss) -> list[str]:
 
 # ---- the suffix evaluator -----------------------------------------------------------------
 _Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
 
 @dataclass(frozen=True)
 class _Step:
@@ -324,9 +326,7 @@ class _Checker:
         for j in range(start, len(self.layers)):
             cin, cout = self.acts[j], self.acts[j + 1]
             per += 2 * (cin[0].size + cout[0].size)
-            geometry = self.layers[j].window()
-            if geometry is not None and cin.ndim == 4 and cout.ndim == 4:  # im2col columns
-                per += cin.shape[1] * int(np.prod(geometry[0])) * cout.shape[2] * cout.shape[3]
+            per += self.layers[j].scratch_size(cin.shape[1:])
         return per * rows * itemsize
 
     # ---- local propagation of single-element perturbations -------------------------------------
@@ -554,11 +554,14 @@ def _differentiate(
 
 
 def relative_error(a: np.ndarray, n: np.ndarray, floor: float | np.ndarray) -> np.ndarray:
-    """``|a − n| / max(|a|, |n|, floor)``; 0 where that is 0/0; NaN → inf."""
-    diff = np.abs(a - n)
-    denom = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
-    err = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
-    return np.where(np.isnan(err), np.inf, err)
+    """``|a − n| / max(|a|, |n|, floor)``: the project's one relative error; 0 where that is 0/0, inf
+    where either side is not finite (a NaN or infinite gradient never passes)."""
+    a, n = np.asarray(a, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - n)
+        denom = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
+        err = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
+    return np.where(np.isfinite(a) & np.isfinite(n), err, np.inf)
 
 
 def _select(analytic: np.ndarray, k: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -659,6 +662,47 @@ def gradcheck(
         rows and its delta row.
     """
     t0 = time.perf_counter()
+    s = _settings(net, loss, method, eps, rtol, layers, per_tensor, check_all, rng, atol_floor)
+    x, y = _batch(net, x, y)
+    dtypes = {p.dtype for layer in net.layers for p in layer.params.values()}
+    cast_from = None
+    if dtypes - {np.dtype(np.float64)}:
+        cast_from = ",".join(sorted(str(d) for d in dtypes - {np.dtype(np.float64)}))
+        net = copy.deepcopy(net).cast(np.float64)
+    try:
+        rows = _Rows(net, loss, x, y, s, _local).check()
+    finally:
+        net.gradients(x, y, loss)  # leave caches and grads as a plain gradients() call would
+    return GradcheckResult(
+        rows=rows,
+        method=s.method,
+        eps=s.eps,
+        samples=int(x.shape[0]),
+        seconds=time.perf_counter() - t0,
+        rtol=s.rtol,
+        cast_from=cast_from,
+        atol_floor=s.floor,
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one check, validated, with the method resolved."""
+
+    method: str
+    eps: float
+    rtol: float
+    floor: float
+    selected: frozenset[str]
+    k: int | None  # elements per tensor; None: every one
+    rng: np.random.Generator
+
+
+def _settings(
+    net: Sequential, loss: Loss, method: str, eps: float | None, rtol: float, layers: Sequence[str] | None,
+    per_tensor: int | None, check_all: bool | None, rng: np.random.Generator | None, atol_floor: float | None,
+) -> _Settings:  # fmt: skip
+    """The options checked (ValueError naming the bad one) and resolved (auto → a method, defaults)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if not net.layers:
@@ -670,95 +714,101 @@ def gradcheck(
         )
     if method == "auto":
         method = "central" if bad else "complex"
-    if eps is None:
-        eps = DEFAULT_EPS[method]
+    eps = DEFAULT_EPS[method] if eps is None else eps
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    floor = DEFAULT_ATOL_FLOOR[method] if atol_floor is None else float(atol_floor)
     if per_tensor is not None and per_tensor < 1:
         raise ValueError(f"per_tensor must be ≥ 1, got {per_tensor!r}")
     names = [l.name for l in net.layers]
-    if layers is not None:
-        unknown = [n for n in layers if n not in names and n != "input"]
-        if unknown:
-            raise ValueError(f"unknown layers {', '.join(unknown)}; layers: {', '.join(names)}")
-    selected = set(names) | {"input"} if layers is None else set(layers)
+    unknown = [n for n in layers or () if n not in names and n != "input"]
+    if unknown:
+        raise ValueError(f"unknown layers {', '.join(unknown)}; layers: {', '.join(names)}")
     if check_all is None:
         check_all = per_tensor is None and net.n_params <= CHECK_ALL_MAX_PARAMS
-    k = None if check_all else (per_tensor or DEFAULT_PER_TENSOR)
-    rng = rng if rng is not None else np.random.default_rng(0)
+    return _Settings(
+        method=method,
+        eps=float(eps),
+        rtol=float(rtol),
+        floor=DEFAULT_ATOL_FLOOR[method] if atol_floor is None else float(atol_floor),
+        selected=frozenset(names) | {"input"} if layers is None else frozenset(layers),
+        k=None if check_all else (per_tensor or DEFAULT_PER_TENSOR),
+        rng=rng if rng is not None else np.random.default_rng(0),
+    )
 
+
+def _batch(net: Sequential, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The batch in float64 (targets too, when they are vectors); ShapeError or ValueError for a bad one."""
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[1:] != net.input_shape:
         raise ShapeError("input", f"expected samples of shape {net.input_shape}, got {x.shape[1:]}")
     y = np.asarray(y)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    x = x.astype(np.float64)
-    if np.issubdtype(y.dtype, np.floating):
-        y = y.astype(np.float64)
+    return x.astype(np.float64), y.astype(np.float64) if np.issubdtype(y.dtype, np.floating) else y
 
-    dtypes = {p.dtype for layer in net.layers for p in layer.params.values()}
-    cast_from = None
-    if dtypes - {np.dtype(np.float64)}:
-        cast_from = ",".join(sorted(str(d) for d in dtypes - {np.dtype(np.float64)}))
-        net = copy.deepcopy(net).cast(np.float64)
 
-    ck = _Checker(net, loss, x, y, local=_local)
-    sample_loss = np.abs(np.asarray(loss.forward(ck.acts[-1], y)).real)
-    # analytic: ∂(mean L)/∂θ, per-sample deltas at every layer's output, per-sample ∂L_x/∂x
-    deltas: dict[str, np.ndarray] = {}
-    net.gradients(x, y, loss, record=lambda name, d: deltas.__setitem__(name, np.array(d, copy=True)))
-    grads = {l.name: {key: np.array(g, copy=True) for key, g in l.grads.items()} for l in net.layers}
-    first = net.layers[0]
-    dx = np.array(first.backward(deltas[first.name]), copy=True)
+class _Rows:
+    """The rows of one check: the analytic gradients once, then each tensor against finite differences."""
 
-    itemsize = 16 if method == "complex" else 8
-    copies = {"central": 2, "richardson": 4, "complex": 1}[method]
-    param_floor = floor * max(1.0, abs(float(np.mean(sample_loss))))
+    def __init__(
+        self, net: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray, s: _Settings, local: bool
+    ) -> None:
+        self.net, self.s = net, s
+        self.ck = _Checker(net, loss, x, y, local=local)
+        self.sample_loss = np.abs(np.asarray(loss.forward(self.ck.acts[-1], y)).real)
+        # analytic: ∂(mean L)/∂θ, per-sample deltas at every layer's output, per-sample ∂L_x/∂x
+        self.deltas: dict[str, np.ndarray] = {}
+        net.gradients(
+            x, y, loss, record=lambda name, d: self.deltas.__setitem__(name, np.array(d, copy=True))
+        )
+        self.grads = {l.name: {key: np.array(g, copy=True) for key, g in l.grads.items()} for l in net.layers}
+        first = net.layers[0]
+        self.dx = np.array(first.backward(self.deltas[first.name]), copy=True)
+        self.itemsize = 16 if s.method == "complex" else 8
+        self.copies = {"central": 2, "richardson": 4, "complex": 1}[s.method]
+        self.param_floor = s.floor * max(1.0, abs(float(np.mean(self.sample_loss))))
 
-    def chunk(per_copy: int) -> int:
-        n = max(1, CHUNK_BYTES // max(1, per_copy))
-        return max(copies, n - n % copies)
-
-    def check_activation(layer_name: str, tensor: str, start: int, analytic: np.ndarray) -> TensorCheck:
-        idx = _select(analytic, k, rng)
-        v = ck.acts[start].reshape(-1)[idx].astype(np.float64)
-        plan = ck.plan(start)
-        per_copy = ck.plan_bytes(plan, itemsize) if plan.steps else ck.copy_bytes(start, 1, itemsize)
-        num, kink = _differentiate(ck.activation_evaluator(start), idx, v, method, eps, chunk(per_copy))
-        sample = idx // (analytic.size // ck.m)
-        floors = floor * np.maximum(1.0, sample_loss[sample])
-        return _row(layer_name, tensor, analytic, idx, num, kink, rtol, floors)
-
-    rows: list[TensorCheck] = []
-    try:
-        if "input" in selected:
-            rows.append(check_activation("input", "input", 0, dx))
-        for l, layer in enumerate(net.layers):
-            if layer.name not in selected:
+    def check(self) -> list[TensorCheck]:
+        """The input row first, then per layer (forward order) its parameter rows and its delta row."""
+        rows: list[TensorCheck] = []
+        if "input" in self.s.selected:
+            rows.append(self.activation("input", "input", 0, self.dx))
+        for l, layer in enumerate(self.net.layers):
+            if layer.name not in self.s.selected:
                 continue
             for key, param in layer.params.items():
-                if param.size == 0:
-                    continue
-                analytic = grads[layer.name][key]
-                idx = _select(analytic, k, rng)
-                v = param.reshape(-1)[idx].astype(np.float64)
-                per_copy = ck.copy_bytes(l, ck.m, itemsize)
-                num, kink = _differentiate(ck.param_evaluator(l, key), idx, v, method, eps, chunk(per_copy))
-                rows.append(_row(layer.name, key, analytic, idx, num, kink, rtol, param_floor))
-            rows.append(check_activation(layer.name, "delta", l + 1, deltas[layer.name]))
-    finally:
-        # leave caches and grads as a plain gradients() call would
-        net.gradients(x, y, loss)
+                if param.size:
+                    rows.append(self.param(l, key))
+            rows.append(self.activation(layer.name, "delta", l + 1, self.deltas[layer.name]))
+        return rows
 
-    return GradcheckResult(
-        rows=rows,
-        method=method,
-        eps=float(eps),
-        samples=int(x.shape[0]),
-        seconds=time.perf_counter() - t0,
-        rtol=float(rtol),
-        cast_from=cast_from,
-        atol_floor=floor,
-    )
+    def chunk(self, per_copy: int) -> int:
+        """Perturbed copies per evaluation: about ``CHUNK_BYTES`` of activations, whole stencils."""
+        n = max(1, CHUNK_BYTES // max(1, per_copy))
+        return max(self.copies, n - n % self.copies)
+
+    def activation(self, layer_name: str, tensor: str, start: int, analytic: np.ndarray) -> TensorCheck:
+        """A per-sample delta (or the input gradient): the activation entering layer ``start`` perturbed."""
+        s, ck = self.s, self.ck
+        idx = _select(analytic, s.k, s.rng)
+        v = ck.acts[start].reshape(-1)[idx].astype(np.float64)
+        plan = ck.plan(start)
+        per_copy = (
+            ck.plan_bytes(plan, self.itemsize) if plan.steps else ck.copy_bytes(start, 1, self.itemsize)
+        )
+        num, kink = _differentiate(
+            ck.activation_evaluator(start), idx, v, s.method, s.eps, self.chunk(per_copy)
+        )
+        sample = idx // (analytic.size // ck.m)
+        floors = s.floor * np.maximum(1.0, self.sample_loss[sample])
+        return _row(layer_name, tensor, analytic, idx, num, kink, s.rtol, floors)
+
+    def param(self, l: int, key: str) -> TensorCheck:
+        """Parameter ``key`` of layer ``l``: the batch-mean loss differenced."""
+        s, ck, layer = self.s, self.ck, self.net.layers[l]
+        analytic = self.grads[layer.name][key]
+        idx = _select(analytic, s.k, s.rng)
+        v = layer.params[key].reshape(-1)[idx].astype(np.float64)
+        per_copy = ck.copy_bytes(l, ck.m, self.itemsize)
+        num, kink = _differentiate(ck.param_evaluator(l, key), idx, v, s.method, s.eps, self.chunk(per_copy))
+        return _row(layer.name, key, analytic, idx, num, kink, s.rtol, self.param_floor)

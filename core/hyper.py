@@ -61,8 +61,20 @@ class Bound:
 
     def words(self) -> str:
         """``≥ 1``, ``> 0``, ``in [0, 1)``."""
-        low = (f"{_n(self.ge)}", "[") if self.ge is not None else (f"{_n(self.gt)}", "(") if self.gt is not None else None
-        high = (f"{_n(self.lt)}", ")") if self.lt is not None else (f"{_n(self.le)}", "]") if self.le is not None else None
+        low = (
+            (f"{_n(self.ge)}", "[")
+            if self.ge is not None
+            else (f"{_n(self.gt)}", "(")
+            if self.gt is not None
+            else None
+        )
+        high = (
+            (f"{_n(self.lt)}", ")")
+            if self.lt is not None
+            else (f"{_n(self.le)}", "]")
+            if self.le is not None
+            else None
+        )
         if low and high:
             return f"in {low[1]}{low[0]}, {high[0]}{high[1]}"
         if low:
@@ -88,7 +100,7 @@ Padding = Annotated[int | tuple[int, int], Bound(ge=0)]
 
 @dataclass(frozen=True)
 class HyperParam:
-    """One constructor argument: its name, annotation (extras kept) and default (``inspect.Parameter.empty``)."""
+    """One constructor argument: its name, annotation (extras kept) and default (``Parameter.empty``)."""
 
     name: str
     annotation: Any
@@ -129,12 +141,15 @@ def plain(value: Any) -> Any:
 def hyper_values(obj: Any, spec_class: type | None = None) -> dict[str, Any]:
     """``{name: plain value}`` of ``obj``'s hyper-parameters, read from its attributes of the same names.
 
-    ``spec_class`` (default ``type(obj)``) is the class whose signature declares them.  Values that are
-    None are left out (None is then the default).
+    ``spec_class`` (default ``type(obj)``) is the class whose signature declares them.  A value that
+    is None where None is also the default is left out.
     """
-    params = hyper_params(spec_class or type(obj))
-    values = {p.name: plain(getattr(obj, p.name)) for p in params}
-    return {k: v for k, v in values.items() if v is not None}
+    out = {}
+    for p in hyper_params(spec_class or type(obj)):
+        value = plain(getattr(obj, p.name))
+        if value is not None or p.default is not None:
+            out[p.name] = value
+    return out
 
 
 # ---- checking a value against an annotation ------------------------------------------------------------
@@ -190,21 +205,28 @@ def _conform_one(value: Any, kind: Any, bound: Bound | None) -> Any:
         items = get_args(kind)
         if not isinstance(value, (tuple, list)) or len(value) != len(items):
             return _NO
-        out = tuple(_conform_one(v, t, bound) for v, t in zip(value, items, strict=True))
+        out = tuple(_conform_alternatives(v, t, bound) for v, t in zip(value, items, strict=True))
         return _NO if any(o is _NO for o in out) else out
     if kind is Any:
         return value
     return value if isinstance(kind, type) and isinstance(value, kind) else _NO
 
 
+def _conform_alternatives(value: Any, annotation: Any, bound: Bound | None = None) -> Any:
+    for kind, b in alternatives(annotation, bound):
+        out = _conform_one(value, kind, b)
+        if out is not _NO:
+            return out
+    return _NO
+
+
 def conform(value: Any, annotation: Any) -> Any:
     """``value`` checked against ``annotation`` and normalised (an int of ``int | tuple[int, int]`` stays
     an int, lists become tuples); ValueError ``expected <describe(annotation)>`` when it does not fit."""
-    for kind, bound in alternatives(annotation):
-        out = _conform_one(value, kind, bound)
-        if out is not _NO:
-            return out
-    raise ValueError(f"expected {describe(annotation)}, got {value!r}")
+    out = _conform_alternatives(value, annotation)
+    if out is _NO:
+        raise ValueError(f"expected {describe(annotation)}, got {value!r}")
+    return out
 
 
 def describe(annotation: Any) -> str:
@@ -237,8 +259,13 @@ def _describe_one(kind: Any, bound: Bound | None, after_int: bool) -> str:
         if items and all(t is int for t in items) and len(items) == 2:
             return "a pair [h, w] of them" if after_int else f"a pair [h, w] of integers{limits}"
         names = "a pair" if len(items) == 2 else f"a list of {len(items)}"
-        what = "integers" if all(t is int for t in items) else "numbers"
-        return f"{names} of {what}{limits}"
+        words = {describe(t) if bound is None else _describe_one(_split(t)[0], _split(t)[1] or bound, False)
+                 for t in items}  # fmt: skip
+        if len(words) == 1:
+            (word,) = words
+            plural = word.replace("a number", "numbers", 1).replace("an integer", "integers", 1)
+            return f"{names} of {plural}"
+        return f"{names} of values"
     return getattr(kind, "__name__", str(kind))
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from cnnbp.core.errors import ShapeError
+
+from cnnbp.core.errors import ParameterError, ShapeError
 from cnnbp.core.layers.base import Layer, Shape
 from cnnbp.core.losses import Loss
 
@@ -176,7 +177,9 @@ class Sequential:
         extra = [lname for lname in params if lname not in expected]
         if extra:
             those = ", ".join(expected) or "none"
-            raise ParameterError(f"layer {extra[0]} is not a parametric layer of the model (those are: {those})")
+            raise ParameterError(
+                f"layer {extra[0]} is not a parametric layer of the model (those are: {those})"
+            )
         for lname in expected:
             layer = self.layer(lname)
             for key, value in params[lname].items():
@@ -204,19 +207,26 @@ def _check_group(
     group = params[lname]
     for key in shapes:
         if key not in group:
-            raise ParameterError(f"layer {lname} has no parameter {key} (it has: {', '.join(group) or 'none'})")
+            raise ParameterError(
+                f"layer {lname} has no parameter {key} (it has: {', '.join(group) or 'none'})"
+            )
     for key, value in group.items():
         if key not in shapes:
-            raise ParameterError(f"layer {lname} parameter {key} is not in the model (it expects {', '.join(shapes)})")
+            raise ParameterError(
+                f"layer {lname} parameter {key} is not in the model (it expects {', '.join(shapes)})"
+            )
         arr = np.asarray(value)
         if arr.dtype.kind not in "fiu":
             raise ParameterError(f"layer {lname} parameter {key} is not a real numeric array ({arr.dtype})")
         if arr.shape != tuple(shapes[key]):
             raise ParameterError(
-                f"layer {lname} parameter {key} has shape {_fmt(arr.shape)}, the model expects {_fmt(shapes[key])}"
+                f"layer {lname} parameter {key} has shape {_fmt(arr.shape)}, "
+                f"the model expects {_fmt(shapes[key])}"
             )
         if same_dtype and arr.dtype != current[key].dtype:
-            raise ParameterError(f"layer {lname} parameter {key} is {arr.dtype}, the model is {current[key].dtype}")
+            raise ParameterError(
+                f"layer {lname} parameter {key} is {arr.dtype}, the model is {current[key].dtype}"
+            )
 
 
 def _fmt(shape: Shape) -> str:

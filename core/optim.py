@@ -68,6 +68,12 @@ class Optimizer:
         """The amount subtracted from parameter ``lname.key`` (value ``w``) for gradient ``g``."""
         raise NotImplementedError
 
+    def to_torch(self, torch: Any, params: Any) -> Any:
+        """The ``torch.optim`` optimiser making the same updates to ``params`` (an iterable of torch
+        Parameters), with fresh state; ``torch`` is the module, passed in: the engine never imports it.
+        NotImplementedError when there is none."""
+        raise NotImplementedError(f"optimizer {self.kind!r} has no PyTorch counterpart")
+
     def _buffer(self, name: str, lname: str, key: str, like: np.ndarray) -> np.ndarray:
         """State buffer ``name`` of one parameter, zeros on first use."""
         group = self.state[name].setdefault(lname, {})
@@ -104,7 +110,9 @@ class SGD(Optimizer):
     kind = "sgd"
     buffers = ("velocity",)
 
-    def __init__(self, lr: PositiveFloat = 0.1, momentum: Rate = 0.0, weight_decay: NonNegFloat = 0.0) -> None:
+    def __init__(
+        self, lr: PositiveFloat = 0.1, momentum: Rate = 0.0, weight_decay: NonNegFloat = 0.0
+    ) -> None:
         super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def update(self, lname: str, key: str, w: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -114,6 +122,9 @@ class SGD(Optimizer):
             v += g
             g = v
         return self.lr * g
+
+    def to_torch(self, torch: Any, params: Any) -> Any:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -147,6 +158,10 @@ class Adam(Optimizer):
         # step = (α / (1−β₁ᵗ)) · m / denom
         denom = np.sqrt(v) / np.sqrt(1.0 - b2**self.t) + self.eps
         return (self.lr / (1.0 - b1**self.t)) * m / denom
+
+    def to_torch(self, torch: Any, params: Any) -> Any:
+        betas = (float(self.betas[0]), float(self.betas[1]))
+        return torch.optim.Adam(params, lr=self.lr, betas=betas, eps=self.eps, weight_decay=self.weight_decay)
 
 
 #: config name → class

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
 from cnnbp.core.optim import Optimizer

@@ -23,7 +23,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from cnnbp.checking import GradcheckReport, Subject, prepare, run_check
+from cnnbp.checking import GradcheckReport, Subject, check_options, prepare, run_check
+from cnnbp.commands import options
 from cnnbp.core.gradcheck import DEFAULT_EPS, FAIL, KINK, PASS, GradcheckResult
 from cnnbp.errors import UserError
 from cnnbp.render.console import shape_text, stderr_console, stdout_console
@@ -242,62 +243,46 @@ _METHOD_HELP = (
 )
 
 
+Samples = Annotated[
+    int, typer.Option("--samples", "-n", min=1, help="Training samples in the checked batch.")
+]
+Layers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layer", "-l", metavar="NAME", show_default=False,
+        help="Check only this layer's parameters and delta (repeatable; 'input': the input gradient).",
+    ),
+]  # fmt: skip
+All = Annotated[bool, typer.Option("--all", help="Check every element (default up to 20,000 parameters).")]
+PerTensor = Annotated[
+    int | None,
+    typer.Option("--per-tensor", metavar="K", min=1, show_default=False,
+                 help="Check K elements per tensor (always including the largest gradient)."),
+]  # fmt: skip
+MethodOption = Annotated[Method, typer.Option("--method", "-m", metavar="METHOD", help=_METHOD_HELP)]
+Eps = Annotated[str, typer.Option("--eps", metavar="auto|FLOAT", help=_EPS_HELP)]
+Rtol = Annotated[float, typer.Option("--rtol", help="An element fails when its relative error exceeds this.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Count KINK rows as failures (exit 1).")]
+Seed = Annotated[
+    int | None,
+    typer.Option("--seed", help="Seed of the sample draw. Default: the config's seed.", show_default=False),
+]
+
+
 def gradcheck(
     target: Annotated[Path | None, typer.Argument(help=_TARGET_HELP, show_default=False)] = None,
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            metavar="N",
-            help="Epoch of the run's checkpoint, or 'last'.",
-            show_default=False,
-        ),
-    ] = None,
-    samples: Annotated[
-        int, typer.Option("--samples", "-n", min=1, help="Training samples in the checked batch.")
-    ] = 4,
-    layers: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="NAME",
-            help="Check only this layer's parameters and delta (repeatable; 'input': the input gradient).",
-            show_default=False,
-        ),
-    ] = None,
-    check_all: Annotated[
-        bool, typer.Option("--all", help="Check every element (default up to 20,000 parameters).")
-    ] = False,
-    per_tensor: Annotated[
-        int | None,
-        typer.Option(
-            "--per-tensor",
-            metavar="K",
-            min=1,
-            help="Check K elements per tensor (always including the largest gradient).",
-            show_default=False,
-        ),
-    ] = None,
-    method: Annotated[
-        Method, typer.Option("--method", "-m", metavar="METHOD", help=_METHOD_HELP)
-    ] = Method.central,
-    eps: Annotated[str, typer.Option("--eps", metavar="auto|FLOAT", help=_EPS_HELP)] = "auto",
-    rtol: Annotated[
-        float, typer.Option("--rtol", help="An element fails when its relative error exceeds this.")
-    ] = 1e-6,
-    strict: Annotated[bool, typer.Option("--strict", help="Count KINK rows as failures (exit 1).")] = False,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed", help="Seed of the sample draw. Default: the config's seed.", show_default=False
-        ),
-    ] = None,
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=_SET_HELP, show_default=False)
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    checkpoint: options.Checkpoint = None,
+    samples: Samples = 4,
+    layers: Layers = None,
+    check_all: All = False,
+    per_tensor: PerTensor = None,
+    method: MethodOption = Method.central,
+    eps: Eps = "auto",
+    rtol: Rtol = 1e-6,
+    strict: Strict = False,
+    seed: Seed = None,
+    sets: options.sets_option(_SET_HELP) = None,  # type: ignore[valid-type]
+    json_out: options.Json = False,
 ) -> None:
     """Check every parameter gradient, layer delta and input gradient by finite differences.
 
@@ -318,13 +303,12 @@ def gradcheck(
     config error.
     """
     out_con, err_con = stdout_console(), stderr_console()
-    if check_all and per_tensor is not None:
-        raise UserError("--all and --per-tensor: use one or the other")
     step = parse_eps(eps)
-    if not (math.isfinite(rtol) and rtol > 0):
-        raise UserError(f"--rtol: expected a number > 0, got {rtol!r}")
-    subject, selected, rng = prepare(target, method=method.value, checkpoint=checkpoint, samples=samples,
-                                     layers=list(layers or []), seed=seed, overrides=list(sets or []))  # fmt: skip
+    check_options(check_all or None, per_tensor, step, rtol)
+    subject, selected, rng = prepare(
+        target, method=method.value, checkpoint=checkpoint, samples=samples, layers=list(layers or []),
+        seed=seed, overrides=list(sets or []),
+    )  # fmt: skip
 
     def run() -> GradcheckReport:
         return run_check(subject, selected, rng, check_all=True if check_all else None, per_tensor=per_tensor,

@@ -11,9 +11,10 @@ Views (``--show``):
 - ``metrics``: every epoch's metrics and the curves.
 - ``--checkpoint all`` with deltas, grads or weights: one norm per layer and checkpoint in a table.
 
-``--json`` prints the same numbers as one JSON document on stdout (arrays as nested lists, non-finite
-values as null), never truncated.  Text output fits the console width (80 columns when it is not a
-terminal); under ``NO_COLOR`` or in a pipe it contains no escape codes: heatmaps become sign + shade
+The numbers come from :mod:`cnnbp.inspection`; this module parses the options and draws.  ``--json``
+prints the same numbers as one JSON document on stdout (arrays as nested lists, NaN as null and ±inf as
+``"inf"`` / ``"-inf"``), never truncated.  Text output fits the console width (80 columns when it is not
+a terminal); under ``NO_COLOR`` or in a pipe it contains no escape codes: heatmaps become sign + shade
 characters.
 """
 
@@ -30,22 +31,20 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-import yaml
-from cnnbp.checkpoint import Checkpoint, LayerRecord, read_checkpoint
-from cnnbp.runs import CHECKPOINTS, find_checkpoints, run_folder
-from cnnbp.runs import resolve_checkpoint as resolve_target
+from rich.console import Console
+from rich.text import Text
+
+from cnnbp import inspection as ins
+from cnnbp.checkpoint import Checkpoint
 from cnnbp.errors import UserError
 from cnnbp.render import termplot as tp
 from cnnbp.render.console import pct, shape_text, stderr_console
-from cnnbp.runs import METRIC_COLUMNS, METRICS_CSV, read_metrics
-from rich.console import Console
-from rich.text import Text
+from cnnbp.runs import METRIC_COLUMNS
 
 SMALL_MAP = 12  # maps up to 12×12 print as numbers, larger ones as heatmaps
 MAX_MAPS = 8  # maps shown per array without --full
 MAX_VECTOR_LINES = 8  # rows of a vector shown without --full
 MAX_HEAT_ROWS = 40  # heatmap rows shown without --full
-DELTA_NORM_CAPTION = "mean over the probe samples of ‖δ_x‖ (L2 norm of one sample's δ)"
 
 
 class View(str, Enum):
@@ -66,223 +65,6 @@ class Style:
     full: bool
     color: bool
     width: int
-
-
-# ---- finding and reading --------------------------------------------------------------------------------
-
-
-def load_checkpoint(target: Path, checkpoint: str) -> Checkpoint:
-    """Read the checkpoint ``--checkpoint`` names (``last`` or an epoch) of a run folder or file."""
-    return read_checkpoint(resolve_target(target, checkpoint))
-
-
-def load_all(target: Path) -> list[Checkpoint]:
-    """Every checkpoint of a run folder, by epoch."""
-    target = Path(target)
-    if not target.exists():
-        raise UserError(f"{target}: no such run folder or checkpoint file")
-    if target.is_file():
-        raise UserError(f"{target}: --checkpoint all needs a run folder, not one checkpoint file")
-    run_dir = run_folder(target) or target
-    found = find_checkpoints(run_dir)
-    if not found:
-        raise UserError(f"{target}: no checkpoints found (expected {CHECKPOINTS}/NNNN.h5 in a run folder)")
-    return [read_checkpoint(path) for _, path in found]
-
-
-def load_metrics(target: Path, ck: Checkpoint, warn: Console) -> tuple[dict[str, np.ndarray], str]:
-    """The run's metrics columns and where they came from.
-
-    ``metrics.csv`` of the run folder when there is one (the whole run, even when an earlier checkpoint
-    is shown); otherwise, or when it cannot be read, the checkpoint's own ``/metrics`` (the history up
-    to that checkpoint).
-    """
-    run_dir = run_folder(target)
-    if run_dir is not None and (run_dir / METRICS_CSV).is_file():
-        try:
-            cols = read_metrics(run_dir)
-            return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}, str(run_dir / METRICS_CSV)
-        except UserError as e:
-            warn.print(f"note: {e}; showing the checkpoint's /metrics instead", markup=False, soft_wrap=True)
-    cols = {k: np.asarray(ck.history.get(k, []), dtype=np.float64) for k in METRIC_COLUMNS}
-    return cols, f"{ck.path} /metrics"
-
-
-def select_layers(ck: Checkpoint, names: Sequence[str] | None, *, params_only: bool) -> list[LayerRecord]:
-    """The layers ``--layer`` names (repeatable, or comma-separated), in network order.
-
-    Without ``--layer``: the layers with parameters when ``params_only``, else every layer.  An unknown
-    name is a UserError listing the layers there are.
-    """
-    by_name = {layer.name: layer for layer in ck.layers}
-    wanted: list[str] = []
-    for raw in names or []:
-        parts = [raw] if raw in by_name else [p.strip() for p in raw.split(",") if p.strip()]
-        wanted.extend(parts)
-    for name in wanted:
-        if name not in by_name:
-            raise UserError(f"--layer: no layer {name!r} in {ck.path}; its layers: {', '.join(by_name)}")
-    param_names = [n for n in ck.weights if ck.weights[n]]
-    if params_only:
-        for name in wanted:
-            if name not in param_names:
-                have = ", ".join(param_names) or "none"
-                raise UserError(f"--layer: {name} has no parameters; layers with parameters: {have}")
-    if not wanted:
-        return [layer for layer in ck.layers if not params_only or layer.name in param_names]
-    chosen = set(wanted)
-    return [layer for layer in ck.layers if layer.name in chosen]
-
-
-def probe_count(ck: Checkpoint) -> int:
-    return int(ck.probe_index.shape[0])
-
-
-def check_sample(ck: Checkpoint, sample: int) -> None:
-    n = probe_count(ck)
-    if n == 0:
-        raise UserError(f"{ck.path}: the run recorded no probe samples (record.probe: 0), so no deltas")
-    if not 0 <= sample < n:
-        raise UserError(f"--sample {sample}: the probe batch of {ck.path} has {n} samples (0..{n - 1})")
-
-
-def check_channel(arrays: dict[str, np.ndarray], channel: int | None, noun: str) -> None:
-    """``--channel`` must exist in every selected array that has maps (3 or more dimensions)."""
-    if channel is None:
-        return
-    for name, arr in arrays.items():
-        if arr.ndim >= 3 and not 0 <= channel < arr.shape[0]:
-            n = arr.shape[0]
-            raise UserError(f"--channel {channel}: {name} has {n} {noun}{'' if n == 1 else 's'} (0..{n - 1})")
-
-
-# ---- numbers ------------------------------------------------------------------------------------------
-
-
-def norm(arrays: Sequence[np.ndarray]) -> float:
-    """The L2 norm of several arrays taken together (NaN when there are none)."""
-    if not arrays:
-        return math.nan
-    return float(np.sqrt(sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in arrays)))
-
-
-def delta_norm(d: np.ndarray) -> float:
-    """Mean over probe samples of ‖δ_x‖ (NaN without samples)."""
-    if d.shape[0] == 0:
-        return math.nan
-    flat = np.asarray(d, dtype=np.float64).reshape(d.shape[0], -1)
-    return float(np.mean(np.sqrt(np.sum(flat * flat, axis=1))))
-
-
-def layer_row(ck: Checkpoint, layer: LayerRecord) -> dict[str, Any]:
-    """One summary row: shapes, parameter count, norms and |δ| statistics of a layer."""
-    weights = list(ck.weights.get(layer.name, {}).values())
-    grads = list(ck.grads.get(layer.name, {}).values())
-    d = np.abs(np.asarray(ck.deltas[layer.name], dtype=np.float64))
-    return {
-        "name": layer.name,
-        "type": layer.type,
-        "input_shape": list(layer.input_shape),
-        "output_shape": list(layer.output_shape),
-        "params": int(sum(w.size for w in weights)),
-        "param_norm": norm(weights),
-        "grad_norm": norm(grads),
-        "delta_mean_abs": float(d.mean()) if d.size else math.nan,
-        "delta_max_abs": float(d.max()) if d.size else math.nan,
-    }
-
-
-def to_json(value: Any) -> Any:
-    """Arrays as nested lists and non-finite floats as null, recursively: strict JSON."""
-    if isinstance(value, np.ndarray):
-        return to_json(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def metrics_json(metrics: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-    """Metric columns as lists: epoch and step as integers, the rest as floats (NaN → null later)."""
-    out: dict[str, list[Any]] = {}
-    for key, values in metrics.items():
-        if key in ("epoch", "step"):
-            out[key] = [int(v) if math.isfinite(v) else None for v in values]
-        else:
-            out[key] = [float(v) for v in values]
-    return out
-
-
-def checkpoint_info(ck: Checkpoint) -> dict[str, Any]:
-    return {
-        "path": str(ck.path),
-        "run_name": ck.run_name,
-        "epoch": ck.epoch,
-        "step": ck.step,
-        "interrupted": ck.interrupted,
-        "dtype": ck.dtype,
-        "loss": ck.loss,
-        "format_version": ck.format_version,
-    }
-
-
-def run_config(ck: Checkpoint) -> dict[str, Any]:
-    """The checkpoint's resolved config as a dict (empty when it cannot be parsed)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # inline data can make the YAML large
-    try:
-        cfg = yaml.load(ck.config, Loader=loader)  # CSafeLoader or SafeLoader: safe
-    except yaml.YAMLError:
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def dataset_text(cfg: dict[str, Any]) -> str:
-    """The data source of a run from its config: ``digits``, ``idx · data/mnist · limit 3000``, …"""
-    data = cfg.get("data")
-    if not isinstance(data, dict):
-        return "?"
-    parts = [str(data.get("source", "?"))]
-    if data.get("path"):
-        parts.append(str(data["path"]))
-    if data.get("limit"):
-        parts.append(f"limit {data['limit']}")
-    return " · ".join(parts)
-
-
-def planned_epochs(cfg: dict[str, Any]) -> int | None:
-    """``train.epochs`` of a run's config, when it is there."""
-    train = cfg.get("train")
-    value = train.get("epochs") if isinstance(train, dict) else None
-    return value if isinstance(value, int) else None
-
-
-def best(metrics: dict[str, np.ndarray], key: str) -> tuple[float, int | None]:
-    """The highest finite value of a column and its epoch (the earliest on ties)."""
-    values, epochs = metrics.get(key, np.zeros(0)), metrics.get("epoch", np.zeros(0))
-    finite = [(float(v), int(e)) for v, e in zip(values, epochs, strict=False) if math.isfinite(v)]
-    if not finite:
-        return math.nan, None
-    top = max(v for v, _ in finite)
-    return top, next(e for v, e in finite if v == top)
-
-
-def epoch_ranges(epochs: Sequence[int]) -> str:
-    """``0–5, 8, 10–12`` for a sorted list of epochs."""
-    parts, i = [], 0
-    while i < len(epochs):
-        j = i
-        while j + 1 < len(epochs) and epochs[j + 1] == epochs[j] + 1:
-            j += 1
-        parts.append(str(epochs[i]) if i == j else f"{epochs[i]}–{epochs[j]}")
-        i = j + 1
-    return ", ".join(parts)
 
 
 # ---- drawing arrays -----------------------------------------------------------------------------------
@@ -359,21 +141,25 @@ def draw_array(arr: np.ndarray, kind: str, style: Style, channel: int | None) ->
 
 
 def _is_heat(arr: np.ndarray, style: Style) -> bool:
+    """Whether maps of this array are drawn as heatmaps (larger than 12×12, without --full)."""
     return not style.full and (arr.shape[-2] > SMALL_MAP or arr.shape[-1] > SMALL_MAP)
 
 
 def _draw_map(m: np.ndarray, style: Style, scale: float, heat: bool, width: int, exponent: int) -> list[Text]:
+    """One map as a heatmap or a number matrix."""
     if heat:
         return tp.heatmap(m, scale=scale, color=style.color, width=width, max_rows=MAX_HEAT_ROWS)
     return tp.number_matrix(m, style.precision, width, exponent)
 
 
 def _section(console: Console, text: str) -> None:
+    """A blank line and a bold heading."""
     console.print()
     console.print(Text(tp.clip(text, console.width), style="bold"), soft_wrap=True)
 
 
 def _print_lines(console: Console, lines: Sequence[Text]) -> None:
+    """Print lines as they are (they already fit the width)."""
     for line in lines:
         console.print(line, soft_wrap=True)
 
@@ -386,122 +172,15 @@ def _ck_lines(ck: Checkpoint, width: int) -> list[Text]:
 
 
 def _plural(n: int, word: str) -> str:
+    """``1 probe sample``, ``8 probe samples``."""
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-# ---- views: data ----------------------------------------------------------------------------------------
-
-
-def summary_data(target: Path, ck: Checkpoint, layers: list[LayerRecord], warn: Console) -> dict[str, Any]:
-    metrics, source = load_metrics(target, ck, warn)
-    run_dir = run_folder(target)
-    present = [e for e, _ in find_checkpoints(run_dir)] if run_dir is not None else []
-    if not present:  # a checkpoint file outside a run folder
-        present = [ck.epoch]
-    top, top_epoch = best(metrics, "val_acc")
-    cfg = run_config(ck)
-    epochs = metrics.get("epoch", np.zeros(0))
-    return {
-        "view": "summary",
-        "run": {
-            "name": ck.run_name,
-            "folder": str(run_dir) if run_dir is not None else None,
-            "dataset": dataset_text(cfg),
-            "dtype": ck.dtype,
-            "loss": ck.loss,
-            "epochs": int(epochs.max()) if epochs.size else ck.epoch,
-            "epochs_planned": planned_epochs(cfg),
-            "best_val_acc": top,
-            "best_val_acc_epoch": top_epoch,
-            "checkpoints": present,
-            "probe_samples": probe_count(ck),
-        },
-        "checkpoint": checkpoint_info(ck),
-        "layers": [layer_row(ck, layer) for layer in layers],
-        "metrics_source": source,
-        "metrics": metrics_json(metrics),
-    }
-
-
-def deltas_data(
-    ck: Checkpoint, layers: list[LayerRecord], sample: int, channel: int | None
-) -> dict[str, Any]:
-    check_sample(ck, sample)
-    arrays = {layer.name: np.asarray(ck.deltas[layer.name][sample]) for layer in layers}
-    check_channel(arrays, channel, "channel")
-    y = ck.probe_y[sample]
-    out = []
-    for layer in layers:
-        d = arrays[layer.name]
-        shown = d[channel] if channel is not None and d.ndim >= 3 else d
-        out.append({
-            "name": layer.name,
-            "type": layer.type,
-            "shape": list(d.shape),
-            "channel": channel if channel is not None and d.ndim >= 3 else None,
-            "delta": shown,
-            "stats": tp.array_stats(shown),
-        })  # fmt: skip
-    return {
-        "view": "deltas",
-        "checkpoint": checkpoint_info(ck),
-        "sample": {"index": sample, "train_index": int(ck.probe_index[sample]), "target": y},
-        "layers": out,
-    }
-
-
-def params_data(ck: Checkpoint, layers: list[LayerRecord], which: str, channel: int | None) -> dict[str, Any]:
-    source = ck.grads if which == "grads" else ck.weights
-    arrays = {f"{layer.name}.{k}": v for layer in layers for k, v in source.get(layer.name, {}).items()}
-    check_channel(arrays, channel, "filter")
-    out = []
-    for layer in layers:
-        params = {}
-        for key, arr in source.get(layer.name, {}).items():
-            sliced = channel is not None and arr.ndim >= 3
-            shown = arr[channel] if sliced else arr
-            params[key] = {
-                "shape": list(arr.shape),
-                "channel": channel if sliced else None,
-                "values": shown,
-                "stats": tp.array_stats(shown),
-            }
-        out.append({"name": layer.name, "type": layer.type, "params": params})
-    return {"view": which, "checkpoint": checkpoint_info(ck), "layers": out}
-
-
-def norms_data(cks: list[Checkpoint], names: Sequence[str] | None, which: str) -> dict[str, Any]:
-    """Per-layer norms across checkpoints; rows from the output layer to the input."""
-    last = cks[-1]
-    layers = select_layers(last, names, params_only=which != "deltas")
-    rows = []
-    for layer in reversed(layers):
-        values = []
-        for ck in cks:
-            if which == "deltas":
-                d = ck.deltas.get(layer.name)
-                values.append(delta_norm(np.asarray(d)) if d is not None else math.nan)
-            else:
-                group = (ck.grads if which == "grads" else ck.weights).get(layer.name, {})
-                values.append(norm(list(group.values())))
-        rows.append({"name": layer.name, "type": layer.type, "values": values})
-    measure = {
-        "deltas": DELTA_NORM_CAPTION,
-        "grads": "‖∂L/∂θ‖: L2 norm of the gradient of all the layer's parameters (probe batch)",
-        "weights": "‖θ‖: L2 norm of all the layer's parameters",
-    }[which]
-    return {
-        "view": which,
-        "measure": measure,
-        "checkpoints": [{"epoch": c.epoch, "step": c.step, "interrupted": c.interrupted} for c in cks],
-        "layers": rows,
-    }
 
 
 # ---- views: text --------------------------------------------------------------------------------------
 
 
 def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
+    """The ``summary`` view: the run header, the layer table and the curves."""
     run, ck = data["run"], data["checkpoint"]
     top = run["best_val_acc"]
     best_text = f"{pct(top)} (epoch {run['best_val_acc_epoch']})" if math.isfinite(top) else "-"
@@ -514,7 +193,7 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
         ("dtype · loss", f"{run['dtype']} · {run['loss']}"),
         ("epochs", f"{epochs} · {ck['step']:,} steps at checkpoint {ck['epoch']}"),
         ("best val_acc", best_text),
-        ("checkpoints", f"{epoch_ranges(have)} ({len(have)})" if have else "-"),
+        ("checkpoints", f"{ins.epoch_ranges(have)} ({len(have)})" if have else "-"),
         ("showing", f"checkpoint {ck['epoch']}" + (" (interrupted mid-epoch)" if ck["interrupted"] else "")),
     ]
     key_w = max(len(k) for k, _ in rows) + 2
@@ -549,24 +228,17 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
 
 
 def _opt(value: float, precision: int, missing: str = "-") -> str:
+    """A number with ``precision`` significant digits, or ``missing`` when it is not finite."""
     return tp.scalar(value, precision) if math.isfinite(value) else missing
 
 
 def print_curves(console: Console, metrics: dict[str, Any], style: Style) -> None:
     """Loss (log scale when it spans more than a factor of 30) and accuracy per epoch, train and val."""
-
-    def column(key: str) -> np.ndarray:
-        return np.asarray([math.nan if v is None else v for v in metrics.get(key, [])], dtype=np.float64)
-
-    epochs = column("epoch")
+    epochs = ins.metric_column(metrics, "epoch")
     charts = (("loss", "train_loss", "val_loss"), ("accuracy", "train_acc", "val_acc"))
     for title, train_key, val_key in charts:
-        train, val = column(train_key), column(val_key)
-        log_y = False
-        if title == "loss":
-            values = np.concatenate([train, val])
-            values = values[np.isfinite(values)]
-            log_y = bool(values.size and values.min() > 0 and values.max() / values.min() > 30)
+        train, val = ins.metric_column(metrics, train_key), ins.metric_column(metrics, val_key)
+        log_y = title == "loss" and ins.log_scale(train, val)
         series = [
             tp.Series("train", epochs, train, "*", "cyan"),
             tp.Series("val", epochs, val, "o", "magenta"),
@@ -579,41 +251,43 @@ def print_curves(console: Console, metrics: dict[str, Any], style: Style) -> Non
         _print_lines(console, chart)
 
 
-def print_metrics(console: Console, metrics: dict[str, np.ndarray], source: str, style: Style) -> None:
+def print_metrics(console: Console, data: dict[str, Any], style: Style) -> None:
+    """The ``metrics`` view: where the metrics come from, a table of every epoch, and the curves."""
     p = style.precision
-    rows = []
-    for i in range(len(metrics.get("epoch", []))):
-        cells = []
-        for c in METRIC_COLUMNS:
-            v = float(metrics[c][i]) if i < len(metrics.get(c, [])) else math.nan
-            if not math.isfinite(v):
-                cells.append("-")
-            elif c in ("epoch", "step"):
-                cells.append(str(int(v)))
-            elif c.endswith("_acc"):
-                cells.append(pct(v))
-            elif c == "lr":
-                cells.append(tp.scalar(v, p))
-            elif c == "seconds":
-                cells.append(f"{v:.2f}")
-            else:
-                cells.append(f"{v:.{p}f}")
-        rows.append(cells)
-    console.print(Text(tp.clip_left(f"metrics · {source}", style.width), style="bold"), soft_wrap=True)
+    rows = [[_metric_cell(c, v, p) for c, v in zip(METRIC_COLUMNS, values, strict=True)]
+            for values in ins.metric_rows(data["metrics"])]  # fmt: skip
+    title = tp.clip_left(f"metrics · {data['source']}", style.width)
+    console.print(Text(title, style="bold"), soft_wrap=True)
     _print_lines(
         console, tp.text_table(METRIC_COLUMNS, rows, style.width, right=[True] * len(METRIC_COLUMNS))
     )
-    print_curves(console, metrics, style)
+    print_curves(console, data["metrics"], style)
+
+
+def _metric_cell(column: str, v: float, precision: int) -> str:
+    """One cell of the metrics table: ``-`` when missing, percentages for accuracies."""
+    if not math.isfinite(v):
+        return "-"
+    if column in ("epoch", "step"):
+        return str(int(v))
+    if column.endswith("_acc"):
+        return pct(v)
+    if column == "lr":
+        return tp.scalar(v, precision)
+    if column == "seconds":
+        return f"{v:.2f}"
+    return f"{v:.{precision}f}"
 
 
 def print_deltas(console: Console, data: dict[str, Any], ck: Checkpoint, style: Style) -> None:
+    """The ``deltas`` view: the probe sample, then each layer's δ drawn."""
     s = data["sample"]
     target = s["target"]
     target_text = str(int(target)) if np.ndim(target) == 0 else "[" + ", ".join(
         tp.scalar(float(v), style.precision) for v in np.ravel(target)
     ) + "]"  # fmt: skip
     head = [
-        f"probe sample {s['index']} of {probe_count(ck)}: "
+        f"probe sample {s['index']} of {ins.probe_count(ck)}: "
         f"training sample {s['train_index']}, target {target_text}",
         "δ = ∂L_x/∂(layer output) for this sample's own loss (per sample, undivided);",
         "maps: rows i and columns j counted from 1, as δ_ij in the seeds",
@@ -627,11 +301,12 @@ def print_deltas(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
 
 
 def print_params(console: Console, data: dict[str, Any], ck: Checkpoint, style: Style) -> None:
+    """The ``grads`` or ``weights`` view: each parameter array of each layer drawn."""
     which = data["view"]
     source = ck.grads if which == "grads" else ck.weights
     _print_lines(console, _ck_lines(ck, style.width))
     if which == "grads":
-        probes = _plural(probe_count(ck), "probe sample")
+        probes = _plural(ins.probe_count(ck), "probe sample")
         note = f"∂L/∂θ: gradient of the mean loss over the {probes} at these weights"
         _print_lines(console, [Text(tp.clip(note, style.width), style="dim")])
     if not data["layers"] or not any(entry["params"] for entry in data["layers"]):
@@ -720,37 +395,34 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """Look inside a run: layer summary, deltas, gradients, weights and metrics of its checkpoints."""
-    console, warn = make_console(), stderr_console()
+    console = make_console()
     style = Style(precision, full, console.color_system is not None, max(console.width, 40))
     which = show.value
     text = checkpoint.strip().lower()
 
     if text == "all":
-        if which not in ("deltas", "grads", "weights"):
+        if which not in ins.NORM_VIEWS:
             raise UserError(f"--checkpoint all: works with --show deltas, grads or weights, not {which}")
-        data = norms_data(load_all(target), layer, which)
+        data = ins.norms_data(ins.load_all(target), layer, which)
         if json_out:
             _dump(data)
         else:
             print_norms(console, data, style)
         return
 
-    ck = load_checkpoint(target, text)
+    ck = ins.load_checkpoint(target, text)
     if which == "metrics":
-        metrics, source = load_metrics(target, ck, warn)
-        if json_out:
-            _dump({"view": "metrics", "source": source, "metrics": metrics_json(metrics)})
-        else:
-            print_metrics(console, metrics, source, style)
-        return
-    if which == "summary":
-        data = summary_data(target, ck, select_layers(ck, layer, params_only=False), warn)
+        data = ins.metrics_data(target, ck, _warn)
+    elif which == "summary":
+        data = ins.summary_data(target, ck, ins.select_layers(ck, layer, params_only=False), _warn)
     elif which == "deltas":
-        data = deltas_data(ck, select_layers(ck, layer, params_only=not layer), sample, channel)
+        data = ins.deltas_data(ck, ins.select_layers(ck, layer, params_only=not layer), sample, channel)
     else:
-        data = params_data(ck, select_layers(ck, layer, params_only=True), which, channel)
+        data = ins.params_data(ck, ins.select_layers(ck, layer, params_only=True), which, channel)
     if json_out:
         _dump(data)
+    elif which == "metrics":
+        print_metrics(console, data, style)
     elif which == "summary":
         print_summary(console, data, style)
     elif which == "deltas":
@@ -759,6 +431,12 @@ def inspect(
         print_params(console, data, ck, style)
 
 
+def _warn(message: str) -> None:
+    """A note on stderr (the library's ``warn`` callback)."""
+    stderr_console().print(message, markup=False, soft_wrap=True)
+
+
 def _dump(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(to_json(data)) + "\n")  # ASCII: safe whatever the locale
+    """The view's data as one line of strict JSON on stdout."""
+    sys.stdout.write(json.dumps(ins.to_json(data)) + "\n")  # ASCII: safe whatever the locale
     sys.stdout.flush()

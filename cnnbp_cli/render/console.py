@@ -8,17 +8,16 @@ colours, while on a terminal rich still draws bold and dim (``cnnbp inspect`` tu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
-from cnnbp.core.network import LayerInfo
-from cnnbp.runs import inspect_command
-from cnnbp.runner import RunSummary
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from cnnbp.core.network import LayerInfo
+from cnnbp.runner import RunSummary
+from cnnbp.runs import inspect_command
 
 
 def stdout_console() -> Console:

@@ -95,6 +95,8 @@ class JsonLines(Callback):
     def on_epoch(self, row: dict[str, float]) -> None:
         if int(row["epoch"]) == 0:  # the initial state is not a trained epoch
             return
-        obj = {k: int(row[k]) if k in ("epoch", "step") else json_number(row.get(k, math.nan)) for k in self.KEYS}
+        obj = {
+            k: int(row[k]) if k in ("epoch", "step") else json_number(row.get(k, math.nan)) for k in self.KEYS
+        }
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()

@@ -421,81 +421,110 @@ def line_chart(
     if not any(x.size for _, x, _ in pts):
         head.append("  (no data)", style="dim")
         return [head]
-    xs = np.concatenate([x for _, x, _ in pts if x.size])
-    ys = np.concatenate([y for _, _, y in pts if y.size])
-    x0, x1 = float(xs.min()), float(xs.max())
-    y0, y1 = float(ys.min()), float(ys.max())
-    if y1 == y0:
-        pad = (abs(y0) * 0.05 or 0.5) if not log_y else 0.5
-        y0, y1 = y0 - pad, y1 + pad
-
-    def shown(v: float) -> str:
-        return y_format(10.0**v if log_y else v)
-
-    labels = [shown(y1), shown((y0 + y1) / 2), shown(y0)]
-    label_w = max(len(s) for s in labels)
-    cols = max(2, min(max_plot_width, width - label_w - 2))
-    grid: list[list[tuple[str, str, int]]] = [[(" ", "", -1)] * cols for _ in range(height)]
-    overlap = False
-
-    def col_of(x: float) -> int:
-        return 0 if x1 == x0 else round((x - x0) / (x1 - x0) * (cols - 1))
-
-    def row_of(y: float) -> int:
-        return round((y1 - y) / (y1 - y0) * (height - 1))
-
-    def put(r: int, c: int, k: int, s: Series) -> None:
-        nonlocal overlap
-        owner = grid[r][c][2]
-        if owner not in (-1, k):
-            grid[r][c] = (OVERLAP, "bold", k)
-            overlap = True
-        elif grid[r][c][0] != OVERLAP:
-            grid[r][c] = (s.marker, s.style, k)
-
+    chart = _Chart(pts, width, height, y_format, log_y, max_plot_width)
     for k, (s, x, y) in enumerate(pts):
+        chart.plot(k, s, x, y)
+    return [chart.title_line(head, color), *chart.body(color), *chart.x_axis(x_label)]
+
+
+class _Chart:
+    """The grid of a :func:`line_chart`: its scales, the plotted cells and the lines drawn from them."""
+
+    def __init__(
+        self,
+        pts: list,
+        width: int,
+        height: int,
+        y_format: Callable[[float], str],
+        log_y: bool,
+        max_plot_width: int,
+    ) -> None:
+        self.pts, self.width, self.height = pts, width, height
+        xs = np.concatenate([x for _, x, _ in pts if x.size])
+        ys = np.concatenate([y for _, _, y in pts if y.size])
+        self.x0, self.x1 = float(xs.min()), float(xs.max())
+        y0, y1 = float(ys.min()), float(ys.max())
+        if y1 == y0:
+            pad = (abs(y0) * 0.05 or 0.5) if not log_y else 0.5
+            y0, y1 = y0 - pad, y1 + pad
+        self.y0, self.y1 = y0, y1
+
+        def shown(v: float) -> str:
+            return y_format(10.0**v if log_y else v)
+
+        self.labels = [shown(y1), shown((y0 + y1) / 2), shown(y0)]
+        self.label_w = max(len(s) for s in self.labels)
+        self.cols = max(2, min(max_plot_width, width - self.label_w - 2))
+        self.grid: list[list[tuple[str, str, int]]] = [[(" ", "", -1)] * self.cols for _ in range(height)]
+        self.overlap = False
+
+    def col_of(self, x: float) -> int:
+        return 0 if self.x1 == self.x0 else round((x - self.x0) / (self.x1 - self.x0) * (self.cols - 1))
+
+    def row_of(self, y: float) -> int:
+        return round((self.y1 - y) / (self.y1 - self.y0) * (self.height - 1))
+
+    def put(self, r: int, c: int, k: int, s: Series) -> None:
+        owner = self.grid[r][c][2]
+        if owner not in (-1, k):
+            self.grid[r][c] = (OVERLAP, "bold", k)
+            self.overlap = True
+        elif self.grid[r][c][0] != OVERLAP:
+            self.grid[r][c] = (s.marker, s.style, k)
+
+    def plot(self, k: int, s: Series, x: np.ndarray, y: np.ndarray) -> None:
+        """Curve ``k``: one cell per column between its first and last point, interpolated."""
         if not x.size:
-            continue
+            return
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
-        for c in range(col_of(float(x[0])), col_of(float(x[-1])) + 1):
+        x0, x1, cols = self.x0, self.x1, self.cols
+        for c in range(self.col_of(float(x[0])), self.col_of(float(x[-1])) + 1):
             xc = x0 + (x1 - x0) * c / (cols - 1) if x1 != x0 else x0
-            put(row_of(float(np.interp(xc, x, y))), c, k, s)
+            self.put(self.row_of(float(np.interp(xc, x, y))), c, k, s)
 
-    title_line = head
-    title_line.append("  ")
-    for s, x, _ in pts:
-        if x.size:
-            title_line.append(f"  {s.marker} ", style=s.style if color else "")
-            title_line.append(s.label)
-    if overlap:
-        title_line.append(f"  {OVERLAP} both")
-    if len(title_line.plain) > width:
-        title_line = Text(clip(title_line.plain, width))
-    lines = [title_line]
-    mid = (height - 1) // 2
-    for r in range(height):
-        label = labels[0] if r == 0 else labels[2] if r == height - 1 else labels[1] if r == mid else ""
-        tick = "┤" if label else "│"
-        line = Text()
-        line.append(label.rjust(label_w) + " " + tick, style="dim")
-        for ch, style, _ in grid[r]:
-            line.append(ch, style=style if color else "")
-        line.rstrip()
-        lines.append(line)
-    axis = ["─"] * cols
-    under = [" "] * (cols + 8)
-    for t in _x_ticks(x0, x1):
-        c = col_of(t)
-        axis[c] = "┬"
-        text = format(t, "g")
-        if all(ch == " " for ch in under[max(c - 1, 0) : c + len(text) + 1]):
-            under[c : c + len(text)] = list(text)
-    lines.append(Text(" " * label_w + " └" + "".join(axis), style="dim"))
-    xl = "".join(under).rstrip()
-    tail = f"  {x_label}" if label_w + 2 + len(xl) + 2 + len(x_label) <= width else ""
-    lines.append(Text(clip(" " * (label_w + 2) + xl + tail, width), style="dim"))
-    return lines
+    def title_line(self, head: Text, color: bool) -> Text:
+        """The title with the legend: each series' marker and label, and ``#`` where curves meet."""
+        head.append("  ")
+        for s, x, _ in self.pts:
+            if x.size:
+                head.append(f"  {s.marker} ", style=s.style if color else "")
+                head.append(s.label)
+        if self.overlap:
+            head.append(f"  {OVERLAP} both")
+        return Text(clip(head.plain, self.width)) if len(head.plain) > self.width else head
+
+    def body(self, color: bool) -> list[Text]:
+        """The plot rows, the y axis labelled at its top, middle and bottom."""
+        lines = []
+        mid, labels = (self.height - 1) // 2, self.labels
+        for r in range(self.height):
+            label = {mid: labels[1], self.height - 1: labels[2], 0: labels[0]}.get(r, "")  # top wins
+            line = Text()
+            line.append(label.rjust(self.label_w) + " " + ("┤" if label else "│"), style="dim")
+            for ch, style, _ in self.grid[r]:
+                line.append(ch, style=style if color else "")
+            line.rstrip()
+            lines.append(line)
+        return lines
+
+    def x_axis(self, x_label: str) -> list[Text]:
+        """The x axis with a few round ticks, and their values under it."""
+        axis = ["─"] * self.cols
+        under = [" "] * (self.cols + 8)
+        for t in _x_ticks(self.x0, self.x1):
+            c = self.col_of(t)
+            axis[c] = "┬"
+            text = format(t, "g")
+            if all(ch == " " for ch in under[max(c - 1, 0) : c + len(text) + 1]):
+                under[c : c + len(text)] = list(text)
+        xl = "".join(under).rstrip()
+        lw = self.label_w
+        tail = f"  {x_label}" if lw + 2 + len(xl) + 2 + len(x_label) <= self.width else ""
+        return [
+            Text(" " * lw + " └" + "".join(axis), style="dim"),
+            Text(clip(" " * (lw + 2) + xl + tail, self.width), style="dim"),
+        ]
 
 
 def _x_ticks(x0: float, x1: float, most: int = 6) -> list[float]:

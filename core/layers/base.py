@@ -12,7 +12,6 @@ import numpy as np
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import check_hyper, hyper_values
 from cnnbp.core.init import Initializer, Zeros
-from cnnbp.core.registry import LAYERS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cnnbp.core.network import LayerInfo
@@ -68,7 +67,11 @@ class Layer:
     # ---- hyper-parameters ----------------------------------------------------------------------
     @classmethod
     def from_hyper(
-        cls, hyper: Mapping[str, Any], *, name: str | None = None, init: Mapping[str, Initializer] | None = None
+        cls,
+        hyper: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        init: Mapping[str, Initializer] | None = None,
     ) -> Layer:
         """The layer with these hyper-parameters (as ``hyper()`` gives them)."""
         return cls(**hyper, name=name, init=init)
@@ -78,10 +81,9 @@ class Layer:
         return hyper_values(self, self._spec_class())
 
     def _spec_class(self) -> type:
-        """The class whose signature declares this layer's hyper-parameters: the one registered for
-        its kind (``Pool`` for a ``MaxPool``), else its own."""
-        registered = LAYERS.get(self.kind)
-        return registered if registered is not None and isinstance(self, registered) else type(self)
+        """The class whose ``__init__`` declares this layer's hyper-parameters: the nearest one in the
+        class hierarchy that defines its own (``Pool`` for a ``MaxPool``, which has none)."""
+        return next(c for c in type(self).__mro__ if "__init__" in vars(c))
 
     def _set_hyper(self, **values: Any) -> None:
         """Check each value against its annotation and keep it as an attribute (pairs as tuples).
@@ -107,6 +109,11 @@ class Layer:
     def fans(self, input_shape: Shape) -> tuple[int, int]:
         """(fan_in, fan_out) used by the Glorot and He initialisers."""
         return (1, 1)
+
+    def scratch_size(self, input_shape: Shape) -> int:
+        """Values per sample the layer keeps between forward and backward besides its input and output
+        (a conv's im2col columns); memory estimates count them."""
+        return 0
 
     def window(self) -> Window | None:
         """(kernel, stride, padding) when the layer is a translation-equivariant window over its input

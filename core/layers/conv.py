@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
+
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import Padding, PositiveInt, Size
 from cnnbp.core.init import GlorotUniform, Initializer, Zeros
 from cnnbp.core.layers.base import Layer, Shape, Window, expect_rank
 from cnnbp.core.registry import register_layer
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -58,6 +59,11 @@ class Conv2D(Layer):
     def default_init(self) -> dict[str, Initializer]:
         return {"W": GlorotUniform(), "b": Zeros()}
 
+    def scratch_size(self, input_shape: Shape) -> int:
+        """The im2col columns: C·kh·kw values per output position."""
+        _, ho, wo = self.output_shape(input_shape)
+        return input_shape[0] * self.kernel[0] * self.kernel[1] * ho * wo
+
     def window(self) -> Window | None:
         # an untied bias depends on the position: not translation-equivariant
         return (self.kernel, self.stride, self.padding) if self.bias == "tied" else None
@@ -68,9 +74,7 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         if kh > h + 2 * ph or kw > w + 2 * pw:
             padded = f" (padded to {h + 2 * ph}×{w + 2 * pw})" if ph or pw else ""
-            raise ShapeError(
-                self.name, f"kernel {kh}×{kw} is larger than the {h}×{w} input{padded}"
-            )
+            raise ShapeError(self.name, f"kernel {kh}×{kw} is larger than the {h}×{w} input{padded}")
         return (self.filters, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw))
 
     def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
@@ -243,12 +247,16 @@ class Conv2D(Layer):
         wt = g.tmp("Transpose", [w_name], f"{name}/W_hwc", f"{name}/W_transpose", perm=[0, 2, 3, 1])
         wm = g.tmp("Reshape", [wt, g.ints(f"{name}/W_shape", [f, k])], f"{name}/W2d", f"{name}/W_reshape")
         z = g.tmp("MatMul", [wm, cols], f"{name}/matmul", f"{name}/matmul")  # (F, K) @ (N, K, L) → (N, F, L)
-        z = g.tmp("Reshape", [z, g.ints(f"{name}/z_shape", [0, f, ho, wo])], f"{name}/conv", f"{name}/z_reshape")
+        z = g.tmp(
+            "Reshape", [z, g.ints(f"{name}/z_shape", [0, f, ho, wo])], f"{name}/conv", f"{name}/z_reshape"
+        )
         g.op("Add", [z, b_name], out, f"{name}/bias")
 
     def to_torch(self, t: Any, info: Any) -> tuple[Any, dict[str, Any]]:
         tied = self.bias == "tied"
-        conv = t.nn.Conv2d(info.input_shape[0], self.filters, self.kernel, self.stride, self.padding, bias=tied)
+        conv = t.nn.Conv2d(
+            info.input_shape[0], self.filters, self.kernel, self.stride, self.padding, bias=tied
+        )
         if tied:
             return conv, {"W": conv.weight, "b": conv.bias}
         b = t.nn.Parameter(t.torch.zeros(info.output_shape))

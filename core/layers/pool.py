@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import numpy as np
+
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import Bound, Size
 from cnnbp.core.layers.base import Layer, Shape, Window, expect_rank
@@ -66,9 +67,11 @@ class Pool(Layer):
         if mode is None and len(args) > 2:  # Pool(size, stride, mode, ...)
             mode = args[2]
         wanted = cls.mode if mode is None and cls is not Pool else mode or "max"
-        if wanted not in _MODES or (cls is not Pool and wanted != cls.mode):
-            name = kwargs.get("name") or "pool"
+        name = kwargs.get("name") or "pool"
+        if not isinstance(wanted, str) or wanted not in _MODES:
             raise ShapeError(name, f"expected one of max, mean, lp, got {mode!r}", key="mode")
+        if cls is not Pool and wanted != cls.mode:
+            raise ShapeError(name, f"a {cls.__name__} has mode {cls.mode!r}, not {wanted!r}", key="mode")
         return super().__new__(_MODES[wanted])
 
     def __init__(
@@ -146,7 +149,6 @@ class MaxPool(Pool):
     mode = "max"
     analytic = False
 
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         offsets = self._offsets(x.transpose(1, 0, 2, 3))
         y = offsets[0][2].copy()  # (C, N, Ho, Wo)
@@ -204,7 +206,6 @@ class MeanPool(Pool):
 
     mode = "mean"
 
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.dtype.kind in "biu":
             x = x.astype(np.float64)
@@ -250,7 +251,6 @@ class LpPool(Pool):
 
     mode = "lp"
     analytic = False
-
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         p = self.p

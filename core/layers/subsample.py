@@ -86,7 +86,9 @@ class Subsample(Layer):
         if g.decomposed:
             down = g.window_sum(x, name, (k, k), (k, k), info.output_shape[1:])
         else:
-            avg = g.tmp("AveragePool", [x], f"{name}/mean", f"{name}/pool", kernel_shape=[k, k], strides=[k, k])
+            avg = g.tmp(
+                "AveragePool", [x], f"{name}/mean", f"{name}/pool", kernel_shape=[k, k], strides=[k, k]
+            )
             down = g.tmp("Mul", [avg, g.scalar(f"{name}/k2", k * k)], f"{name}/down", f"{name}/sum")
         beta = g.init(f"{name}/beta", self.params["beta"].reshape(1, c, 1, 1))
         bias = g.init(f"{name}/b", self.params["b"].reshape(1, c, 1, 1))

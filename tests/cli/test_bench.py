@@ -1,165 +1,260 @@
-"""``cnnbp bench``: runs on a tiny config, prints the per-layer table, emits JSON, and (when PyTorch is
-installed) agrees with the same network in PyTorch.  No timing assertions: only that timings exist."""
+"""``cnnbp.bench``, the library behind ``cnnbp bench``: timings, the per-layer profile, the agreement
+figure, thread control and the whole run.  No timing assertions beyond "timings exist and add up"."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import yaml
-from cnnbp.app import app
-from cnnbp.commands import bench as bench_mod
-from cnnbp.core import MSE, SGD, Sequential, SoftmaxCrossEntropy
-from cnnbp.core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, Pool, Subsample
-from typer.testing import CliRunner
 
-runner = CliRunner()
-
-
-def tiny_config(dtype: str = "float64", loss: str = "softmax_cross_entropy") -> dict:
-    """8×8 digits-shaped inputs through conv (padded) → relu → max pool → conv → tanh → mean pool → dense."""
-    return {
-        "name": "tiny",
-        "seed": 3,
-        "dtype": dtype,
-        "data": {"source": "digits", "scale": 0.0625},  # not read: bench uses random data
-        "model": {
-            "input_shape": [1, 8, 8],
-            "layers": [
-                {"type": "conv", "filters": 3, "kernel": 3, "padding": 1, "activation": "relu"},
-                {"type": "pool", "mode": "max", "size": 2},
-                {"type": "conv", "filters": 4, "kernel": 2, "activation": "tanh"},
-                {"type": "pool", "mode": "mean", "size": 3},
-                {"type": "flatten"},
-                {"type": "dense", "units": 5, "activation": "sigmoid"},
-                {"type": "dense", "units": 3},
-            ],
-        },
-        "loss": loss,
-        "train": {"batch_size": 6, "lr": 0.1, "momentum": 0.9},
-    }
+from cnnbp import bench
+from cnnbp.core import (
+    MSE,
+    SGD,
+    Adam,
+    Conv2D,
+    Dense,
+    Flatten,
+    Optimizer,
+    Pool,
+    Sequential,
+    SoftmaxCrossEntropy,
+)
+from cnnbp.core.gradcheck import relative_error
+from cnnbp.errors import UserError
 
 
-def write_config(folder: Path, cfg: dict) -> Path:
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
+def small_net() -> Sequential:
+    return Sequential(
+        [Conv2D(2, 3, name="c"), Pool(2, mode="max", name="p"), Flatten(name="f"), Dense(3, name="d")],
+        (1, 8, 8),
+    )
 
 
-def invoke(*args: str | Path):  # noqa: ANN201 - typer's Result
-    return runner.invoke(app, [str(a) for a in args])
+def built_net(dtype: type = np.float64, seed: int = 0) -> Sequential:
+    return small_net().build(np.random.default_rng(seed), dtype)
 
 
-def test_bench_prints_the_per_layer_table(tmp_path: Path) -> None:
-    result = invoke("bench", write_config(tmp_path, tiny_config("float32")), "--steps", "2")
-    assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "engine step: median" in out and "images/s" in out
-    for header in ("layer", "forward ms", "backward ms", "share"):
-        assert header in out
-    for layer in ("conv1", "conv1.relu", "pool2", "conv3", "pool4", "flatten5", "dense6", "dense7"):
-        assert layer in out
-    assert "batch 6" in out and "float32" in out
+def params_of(net: Sequential) -> dict[str, dict[str, np.ndarray]]:
+    return {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
 
 
-def test_bench_json_parses(tmp_path: Path) -> None:
-    path = write_config(tmp_path, tiny_config("float32"))
-    result = invoke("bench", path, "--steps", "3", "--batch", "4", "--dtype", "float64", "--json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert (data["config"], data["batch"], data["dtype"], data["steps"]) == ("tiny", 4, "float64", 3)
-    e = data["engine"]
-    assert 0 < e["min_ms"] <= e["median_ms"] <= e["max_ms"]
-    assert e["images_per_s"] > 0
-    names = [row["name"] for row in data["layers"]]
-    assert names[0] == "conv1" and names[-1] == "dense7" and len(names) == 10
-    assert all(row["forward_ms"] >= 0 and row["backward_ms"] >= 0 for row in data["layers"])
-    assert 0 < sum(row["share"] for row in data["layers"]) <= 1.0 + 1e-9
-    assert data["torch"] is None and data["ratio"] is None
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for l in a:
+        assert a[l].keys() == b[l].keys()
+        for k in a[l]:
+            assert a[l][k].tobytes() == b[l][k].tobytes(), f"{l}.{k}"
 
 
-def test_bench_threads_option(tmp_path: Path) -> None:
-    path = write_config(tmp_path, tiny_config())
-    result = invoke("bench", path, "--steps", "1", "--threads", "1", "--json")
-    assert result.exit_code == 0, result.output
-    threads = json.loads(result.stdout)["threads"]["blas"]
-    assert threads in (1, None)  # None: a BLAS whose thread count cannot be asked
+# ---- timings ----------------------------------------------------------------------------------------
+
+
+def test_timing_of_seconds() -> None:
+    t = bench.Timing.of([0.003, 0.001, 0.002], batch=10)
+    assert (t.median_ms, t.min_ms, t.max_ms) == pytest.approx((2.0, 1.0, 3.0))
+    assert t.images_per_s == pytest.approx(5000.0)
+    assert bench.Timing.of([0.0], batch=4).images_per_s == float("inf")
+
+
+def test_alternate_runs_rounds_after_the_warm_up() -> None:
+    calls: list[str] = []
+    times = bench.alternate([lambda: calls.append("a"), lambda: calls.append("b")], steps=3, warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
+
+
+def test_engine_step_is_a_training_step() -> None:
+    """One call: gradients of the batch-mean loss (no input gradient), then the optimiser's update."""
+    net, ref = built_net(), built_net()
+    x, y = bench.random_batch(net, MSE(), 4, np.dtype(np.float64), np.random.default_rng(1))
+    bench.engine_step(net, MSE(), SGD(lr=0.5), x, y)()
+    ref.gradients(x, y, MSE())
+    SGD(lr=0.5).step(ref.parameters(), ref.grads())
+    assert_same_params(params_of(net), params_of(ref))
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--dtype", "float16"], "--dtype"),
-        (["--vs", "jax"], "--vs"),
-    ],
+    "make", [lambda: SGD(lr=0.1, momentum=0.9), lambda: Adam(lr=0.01)], ids=["sgd", "adam"]
 )
-def test_bench_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    result = invoke("bench", write_config(tmp_path, tiny_config()), *args)
-    assert result.exit_code == 2
-    assert message in result.output
-
-
-def test_vs_torch_without_torch_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bench_mod, "have_torch", lambda: False)
-    result = invoke("bench", write_config(tmp_path, tiny_config()), "--vs", "torch")
-    assert result.exit_code == 2
-    assert "pip install 'cnnbp[torch]'" in result.output
-
-
-def test_vs_torch_agrees_in_float64(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    result = invoke("bench", write_config(tmp_path, tiny_config()), "--steps", "2", "--vs", "torch", "--json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    agreement = data["agreement"]
-    assert agreement["ok"] and agreement["tolerance"] == 1e-10
-    assert agreement["max_rel_err"] <= 1e-10
-    layers = ("conv1", "conv3", "dense6", "dense7")
-    assert set(agreement["grad_rel_err"]) == {f"{layer}.{key}" for layer in layers for key in "Wb"}
-    assert data["torch"]["median_ms"] > 0 and data["ratio"] > 0
-
-
-def test_vs_torch_table(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    path = write_config(tmp_path, tiny_config("float64", "mse"))
-    result = invoke("bench", path, "--steps", "2", "--vs", "torch")
-    assert result.exit_code == 0, result.output
-    assert "gradients agree" in result.stdout and "ratio engine / torch" in result.stdout
-
-
-def test_torch_mirror_covers_every_layer_kind() -> None:
-    """Strides, untied bias, Lp and overlapping pools, subsample, soft targets: float64 agreement ≤ 1e-10."""
-    pytest.importorskip("torch")
-    layers = [
-        Conv2D(3, 3, stride=2, padding=1, bias="untied", name="c1"),
-        ACTIVATIONS["tanh"](name="t1"),
-        Pool("lp", 2, stride=1, p=3.0, name="lp"),
-        Subsample(2, name="sub"),
-        ACTIVATIONS["sigmoid"](name="s1"),
-        Conv2D(2, 1, name="c2"),
-        ACTIVATIONS["identity"](name="id"),
-        Pool("max", 2, stride=1, name="mx"),
-        Flatten(name="f"),
-        Dense(4, name="d"),
+def test_profile_layers_times_every_layer_of_real_steps(make: Callable[[], Optimizer]) -> None:
+    """The profiled steps are training steps taken apart: the weights end where as many
+    ``engine_step`` calls take them (bit for bit), and every layer has a row."""
+    net, ref = built_net(), built_net()
+    loss = SoftmaxCrossEntropy()
+    x, y = bench.random_batch(net, loss, 5, np.dtype(np.float64), np.random.default_rng(1))
+    rows, other = bench.profile_layers(net, loss, make(), x, y, steps=3)
+    step = bench.engine_step(ref, loss, make(), x, y)
+    for _ in range(4):  # the warm-up pass is a step too
+        step()
+    assert_same_params(params_of(net), params_of(ref))
+    assert [(r.name, r.kind) for r in rows] == [
+        ("c", "conv"),
+        ("p", "pool"),
+        ("f", "flatten"),
+        ("d", "dense"),
     ]
-    net = Sequential(layers, (2, 11, 11)).build(np.random.default_rng(0), np.float64)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((5, 2, 11, 11))
-    soft = rng.random((5, 4))
-    soft /= soft.sum(axis=1, keepdims=True)
-    for loss, y in [(SoftmaxCrossEntropy(), soft), (MSE(), rng.integers(0, 4, 5))]:
-        mirror = bench_mod.TorchMirror(net, loss)
-        agreement = bench_mod.check_agreement(net, loss, mirror, x, y)
-        assert agreement.ok, agreement
-        assert agreement.max_rel_err <= 1e-10
+    assert all(r.forward_ms >= 0 and r.backward_ms >= 0 for r in rows) and other >= 0
+    assert 0 < sum(r.share for r in rows) <= 1 + 1e-9
 
 
-def test_run_bench_library_call() -> None:
-    net = Sequential([Conv2D(2, 3, name="c"), Flatten(name="f"), Dense(3, name="d")], (1, 6, 6))
-    result = bench_mod.run_bench(
-        net, MSE(), SGD(0.1), name="lib", batch=4, dtype=np.float32, steps=2, warmup=1
+def test_random_batch_targets_fit_the_loss() -> None:
+    rng = np.random.default_rng(0)
+    x, y = bench.random_batch(built_net(), SoftmaxCrossEntropy(), 6, np.dtype(np.float32), rng)
+    assert x.shape == (6, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() < 1
+    assert y.shape == (6,) and y.dtype.kind == "i" and set(y) <= {0, 1, 2}
+    regression = Sequential([Flatten(name="f"), Dense(1, name="d")], (1, 8, 8)).build(rng, np.float64)
+    _, y = bench.random_batch(regression, MSE(), 6, np.dtype(np.float64), rng)
+    assert y.shape == (6, 1) and y.dtype == np.float64
+
+
+# ---- agreement ------------------------------------------------------------------------------------------
+
+
+def test_tensor_error_is_max_diff_over_max_reference() -> None:
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((4, 5))
+    a = b + 1e-9 * rng.standard_normal((4, 5))
+    expected = np.max(np.abs(a - b)) / np.max(np.abs(b))
+    assert bench.tensor_error(a, b) == pytest.approx(expected, rel=1e-6)
+    # the project's one element error, floored at max|b|
+    assert bench.tensor_error(a, b) == float(np.max(relative_error(a, b, float(np.max(np.abs(b))))))
+    assert bench.tensor_error(2.0, 1.0) == 0.5  # scalars (the loss): |a − b| / max(|a|, |b|)
+    assert bench.tensor_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert bench.tensor_error(np.ones(3), np.zeros(3)) == 1.0
+    for bad in (np.nan, np.inf):  # a broken gradient never agrees
+        assert bench.tensor_error(np.array([bad, 1.0]), np.ones(2)) == float("inf")
+        assert bench.tensor_error(np.ones(2), np.array([1.0, bad])) == float("inf")
+    assert bench.tensor_error(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_agreement_verdict() -> None:
+    a = bench.Agreement(1e-12, {"c.W": 3e-11, "c.b": 2e-13}, tolerance=1e-10)
+    assert a.max_rel_err == 3e-11 and a.ok
+    assert not bench.Agreement(1e-12, {"c.W": 2e-10}, tolerance=1e-10).ok
+    assert not bench.Agreement(float("nan"), {}, tolerance=1e-10).ok
+
+
+def test_check_agreement_in_float64() -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    from cnnbp.torch_mirror import TorchMirror
+
+    net = built_net()
+    loss = SoftmaxCrossEntropy()
+    x, y = bench.random_batch(net, loss, 5, np.dtype(np.float64), np.random.default_rng(1))
+    agreement = bench.check_agreement(net, loss, TorchMirror(net, loss), x, y)
+    assert agreement.ok and agreement.max_rel_err <= 1e-10 and agreement.tolerance == 1e-10
+    assert set(agreement.grad_rel_err) == {"c.W", "c.b", "d.W", "d.b"}
+
+
+# ---- threads -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """Put numpy's BLAS thread count and the thread variables back after the test."""
+    saved = {var: os.environ.get(var) for var in (*bench._THREAD_ENV, "OMP_WAIT_POLICY")}
+    before = bench.blas_threads()
+    yield
+    if before is not None:
+        bench.limit_threads(before)
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_limit_threads_caps_blas_and_sets_the_variables() -> None:
+    bench.limit_threads(1)
+    assert bench.blas_threads() in (1, None)  # None: a BLAS whose count cannot be asked
+    assert all(os.environ[var] == "1" for var in bench._THREAD_ENV)
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_torch_wait_passively_keeps_a_given_policy() -> None:
+    os.environ.pop("OMP_WAIT_POLICY", None)
+    bench.torch_wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+    bench.torch_wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_use_threads_caps_torch_too() -> None:
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    before = torch.get_num_threads()
+    try:
+        bench.use_threads(1, torch=True)
+        assert torch.get_num_threads() == 1
+        assert bench.blas_threads() in (1, None)
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- the whole run -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.1, momentum=0.9), lambda: Adam(lr=0.01)], ids=["sgd", "adam"])
+def test_run_bench_engine_only(make: Callable[[], Optimizer]) -> None:
+    net, optimizer = small_net(), make()
+    result = bench.run_bench(net, MSE(), optimizer, name="lib", batch=4, dtype=np.float32, steps=2, warmup=1)
+    assert (result.config, result.batch, result.dtype, result.steps) == ("lib", 4, "float32", 2)
+    assert result.engine.median_ms > 0 and [r.name for r in result.layers] == ["c", "p", "f", "d"]
+    assert result.optimizer == type(optimizer).__name__
+    assert result.torch is None and result.agreement is None and result.ratio is None
+    assert result.threads["torch"] is None
+    # left as built: the weights of the seed, the optimiser's state as given
+    assert_same_params(params_of(net), params_of(built_net(np.float32)))
+    assert optimizer.t == 0 and all(not s for s in optimizer.state.values())
+    json.dumps(result.to_json())
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: SGD(0.1, momentum=0.9, weight_decay=0.01), lambda: Adam(lr=0.01)], ids=["sgd", "adam"]
+)
+def test_run_bench_vs_torch(make: Callable[[], Optimizer]) -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    net, loss = small_net(), SoftmaxCrossEntropy()
+    result = bench.run_bench(
+        net, loss, make(), name="lib", batch=4, dtype=np.float64, steps=2, warmup=1, vs_torch=True
     )
-    assert result.engine.median_ms > 0 and [r.name for r in result.layers] == ["c", "f", "d"]
-    assert result.torch is None and result.agreement is None
+    assert result.agreement is not None and result.agreement.ok
+    assert result.torch is not None and result.torch.median_ms > 0
+    assert result.ratio == pytest.approx(result.engine.median_ms / result.torch.median_ms)
+    assert result.threads["torch"] >= 1
+    data = result.to_json()
+    assert data["agreement"]["ok"] is True and data["agreement"]["max_rel_err"] <= 1e-10
+
+
+def test_run_bench_vs_torch_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # find_spec then reports no torch
+    assert not bench.have_torch()
+    with pytest.raises(UserError, match=r"pip install 'cnnbp\[torch\]'"):
+        bench.run_bench(
+            small_net(), MSE(), SGD(), name="x", batch=2, dtype=np.float64, steps=1, vs_torch=True
+        )
+
+
+def test_run_bench_takes_any_optimizer() -> None:
+    """The protocol is all run_bench needs: a new optimiser works without a change here."""
+
+    class Halving(Optimizer):
+        kind = "halving"
+
+        def __init__(self, lr: float = 0.5, weight_decay: float = 0.0) -> None:
+            super().__init__(lr=lr, weight_decay=weight_decay)
+
+        def update(self, lname: str, key: str, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+            return self.lr * w
+
+    result = bench.run_bench(
+        small_net(), MSE(), Halving(), name="x", batch=2, dtype=np.float64, steps=2, warmup=0
+    )
+    assert result.optimizer == "Halving" and result.engine.median_ms > 0

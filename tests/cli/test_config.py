@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from cnnbp import config as config_mod
 from cnnbp.config import (
     build_loss,
@@ -20,9 +21,11 @@ from cnnbp.config import (
     dump_config,
     load_config,
 )
+from cnnbp.config_schema import activation_kinds
 from cnnbp.core.init import Constant, Explicit, GlorotUniform, HeNormal, Zeros
-from cnnbp.core.layers import ACTIVATIONS, Conv2D, Dense, Flatten, LpPool, MaxPool, MeanPool, Subsample
+from cnnbp.core.layers import Conv2D, Dense, Flatten, LpPool, MaxPool, MeanPool, ReLU, Subsample
 from cnnbp.core.losses import MSE, SoftmaxCrossEntropy
+from cnnbp.core.registry import LAYERS
 from cnnbp.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,11 +135,14 @@ def test_default_resolved_has_every_default_filled_in() -> None:
         "type": "conv", "name": "conv1", "filters": 16, "kernel": 3, "stride": 1, "padding": 1,
         "bias": "tied", "activation": "relu", "init": {"W": "he_normal", "b": "zeros"},
     }  # fmt: skip
-    assert r["model"]["layers"][1] == {"type": "pool", "name": "pool2", "mode": "max", "size": 2, "stride": 2}
+    assert r["model"]["layers"][1] == {
+        "type": "pool", "name": "pool2", "size": 2, "stride": [2, 2], "mode": "max"
+    }  # fmt: skip
     assert r["model"]["layers"][4] == {"type": "flatten", "name": "flatten5"}
     assert r["model"]["layers"][5]["init"] == {"W": "glorot_uniform", "b": "zeros"}
-    assert set(r["train"]) == {"epochs", "batch_size", "lr", "momentum", "weight_decay", "shuffle",
-                               "divergence_factor"}
+    assert list(r["train"]) == ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                                "shuffle", "divergence_factor"]
+    assert r["train"]["optimizer"] == "sgd"
     assert set(r["record"]) == {"probe", "every"}
 
 
@@ -144,8 +150,8 @@ def test_examples_together_exercise_every_layer_type_activation_and_loss() -> No
     cfgs = [load_config(p) for p in EXAMPLES]
     specs = [s for c in cfgs for s in c.model.layers]
     types = {s.type for s in specs}
-    assert types >= {"conv", "pool", "subsample", "dense", "flatten", *ACTIVATIONS}
-    assert {s.activation for s in specs if s.activation} == set(ACTIVATIONS)  # as a layer's key, too
+    assert types >= {"conv", "pool", "subsample", "dense", "flatten", *activation_kinds()}
+    assert {s.activation for s in specs if s.activation} == set(activation_kinds())  # as a layer's key, too
     assert {c.loss for c in cfgs} == {"mse", "softmax_cross_entropy"}
     assert {s.hyper["mode"] for s in specs if s.type == "pool"} == {"max", "mean", "lp"}
     convs = [s.hyper for s in specs if s.type == "conv"]
@@ -171,7 +177,7 @@ def test_dlt_and_lenet_follow_their_references() -> None:
     ]  # fmt: skip
     assert all(s.hyper["mode"] == "mean" for s in dlt.model.layers if s.type == "pool")
     assert all(s.init["W"] == "glorot_uniform" for s in dlt.model.layers if s.init)
-    assert (dlt.loss, dlt.train.lr, dlt.train.batch_size, dlt.train.epochs, dlt.train.momentum) == (
+    assert (dlt.loss, dlt.train.lr, dlt.train.batch_size, dlt.train.epochs, dlt.train.hyper["momentum"]) == (
         "mse", 1.0, 50, 1, 0.0)
     assert dlt.data.source == "idx" and dlt.data.scale == pytest.approx(1 / 255)
     assert check_model(dlt)[-1].output_shape == (10,)
@@ -189,8 +195,8 @@ def test_dlt_and_lenet_follow_their_references() -> None:
 def test_build_network_makes_unbuilt_core_layers_with_activation_layers_after_their_parent() -> None:
     net = build_network(load_config(None))
     assert [(type(l), l.name) for l in net.layers] == [
-        (Conv2D, "conv1"), (ACTIVATIONS["relu"], "conv1.relu"), (MaxPool, "pool2"),
-        (Conv2D, "conv3"), (ACTIVATIONS["relu"], "conv3.relu"), (MaxPool, "pool4"),
+        (Conv2D, "conv1"), (ReLU, "conv1.relu"), (MaxPool, "pool2"),
+        (Conv2D, "conv3"), (ReLU, "conv3.relu"), (MaxPool, "pool4"),
         (Flatten, "flatten5"), (Dense, "dense6"),
     ]  # fmt: skip
     assert all(not l.params for l in net.layers)  # not built
@@ -220,7 +226,7 @@ def test_pool_and_subsample_hyper_reach_core() -> None:
     assert isinstance(mean, MeanPool) and mean.stride == (2, 2)
     assert isinstance(sub, Subsample) and sub.scale == 3 and tanh.name == "subsample3.tanh"
     assert cfg.model.layers[0].hyper == {"mode": "lp", "size": [3, 2], "stride": 1, "p": 2.0}
-    assert cfg.model.layers[1].hyper["p"] is None and "p" not in cfg.resolved["model"]["layers"][1]
+    assert "p" not in cfg.model.layers[1].hyper and "p" not in cfg.resolved["model"]["layers"][1]
     assert isinstance(build_loss(cfg), MSE)
 
 
@@ -246,7 +252,7 @@ def test_overrides_apply_before_validation_and_appear_in_resolved() -> None:
     layers = cfg.resolved["model"]["layers"]
     assert cfg.model.layers[0].hyper["kernel"] == [3, 2] and layers[0]["kernel"] == [3, 2]
     assert cfg.model.layers[2].hyper["filters"] == 4 and layers[2]["filters"] == 4
-    assert cfg.model.layers[1].hyper == {"mode": "max", "size": 3, "stride": 3, "p": None}
+    assert cfg.model.layers[1].hyper == {"mode": "max", "size": 3, "stride": [3, 3]}
     assert cfg.data.limit == 100 and cfg.resolved["data"]["limit"] == 100
     assert cfg.train.divergence_factor == 4.0 and cfg.loss == "mse"
     assert check_model(cfg)[0].output_shape == (16, 8, 9)  # W: 8 + 2·1 − 2 + 1
@@ -477,12 +483,12 @@ def test_bad_init_values(init, message: str) -> None:
         ("model.layers.0.filtres", 2, "model.layers[0].filtres: unknown key (did you mean 'filters'?)"),
         ("model.layers.1.activation", "relu",
          "model.layers[1].activation: unknown key for a pool layer "
-         "(allowed: type, name, mode, size, stride, p)"),
+         "(allowed: type, name, size, stride, mode, p)"),
         ("model.layers.2.units", 3,
          "model.layers[2].units: unknown key for a flatten layer (allowed: type, name)"),
         ("train", {"learning_rate": 0.1},
          "train.learning_rate: unknown key "
-         "(allowed: epochs, batch_size, lr, momentum, weight_decay, shuffle, divergence_factor)"),
+         "(allowed: epochs, batch_size, optimizer, lr, momentum, weight_decay, shuffle, divergence_factor)"),
         ("record", {"probes": 3}, "record.probes: unknown key (did you mean 'probe'?)"),
         # wrong types, out of range
         ("seed", -1, "seed: expected an integer ≥ 0, got -1"),
@@ -514,11 +520,9 @@ def test_bad_init_values(init, message: str) -> None:
         ("model.layers", [], "model.layers: expected a non-empty list of layers, got []"),
         ("model.layers.1", "pool", "model.layers[1]: expected a mapping such as {type: conv, filters: 6, "
                                    "kernel: 5}, got 'pool'"),
-        ("model.layers.1.type", ..., "model.layers[1].type: required: one of conv, pool, subsample, dense, "
-                                     "flatten, sigmoid, tanh, relu, identity"),
+        ("model.layers.1.type", ..., f"model.layers[1].type: required: one of {', '.join(LAYERS)}"),
         ("model.layers.1.type", "maxpool",
-         "model.layers[1].type: must be one of conv, pool, subsample, dense, flatten, sigmoid, tanh, relu, "
-         "identity, got 'maxpool' (did you mean 'pool'?)"),
+         f"model.layers[1].type: must be one of {', '.join(LAYERS)}, got 'maxpool' (did you mean 'pool'?)"),
         ("model.layers.0.filters", ...,
          "model.layers[0].filters: required for a conv layer (an integer ≥ 1)"),
         ("model.layers.0.filters", 0, "model.layers[0].filters: expected an integer ≥ 1, got 0"),
@@ -530,7 +534,7 @@ def test_bad_init_values(init, message: str) -> None:
          "model.layers[0].stride: expected an integer ≥ 1 or a pair [h, w] of them, got [1, 0]"),
         ("model.layers.0.bias", "shared", "model.layers[0].bias: must be one of tied, untied, got 'shared'"),
         ("model.layers.0.activation", "softmax",
-         "model.layers[0].activation: must be one of sigmoid, tanh, relu, identity, got 'softmax'"),
+         f"model.layers[0].activation: must be one of {', '.join(activation_kinds())}, got 'softmax'"),
         ("model.layers.1.mode", "avg", "model.layers[1].mode: must be one of max, mean, lp, got 'avg'"),
         ("model.layers.1.p", 3, "model.layers[1].p: only used with mode 'lp', not 'max'; remove it"),
         ("model.layers.3.units", 2.5, "model.layers[3].units: expected an integer ≥ 1, got 2.5"),
@@ -539,8 +543,8 @@ def test_bad_init_values(init, message: str) -> None:
         ("data", ..., "data: required (a mapping with at least 'source')"),
         ("data.source", "csv", "data.source: must be one of digits, npz, idx, hdf5, inline, got 'csv'"),
         ("data.val_fraction", 1, "data.val_fraction: expected a number in [0, 1), got 1"),
-        ("data.limit", 0, "data.limit: expected an integer ≥ 1, got 0"),
-        ("data.scale", "1/255", "data.scale: expected a number > 0, got '1/255'"),
+        ("data.limit", 0, "data.limit: expected an integer ≥ 1 (or null), got 0"),
+        ("data.scale", "1/255", "data.scale: expected a number > 0 (or null), got '1/255'"),
         ("data.x", ..., "data.x: required for source 'inline'"),
         ("data.y", 3, "data.y: expected a non-empty list with one entry per sample, got 3"),
         ("data.path", "x.npz", "data.path: not used by source 'inline'; remove it"),
@@ -688,3 +692,78 @@ def test_yaml_tags_for_python_objects_are_refused(tmp_path: Path) -> None:
         f"{path}: invalid YAML at line 1, column 7: could not determine a constructor for the tag "
         "'tag:yaml.org,2002:python/object/apply:os.getcwd'"
     )
+
+
+# ---- numbers as people write them, optimisers, the JSON Schema ----------------------------------------
+
+
+def test_yaml_1_2_numbers_in_files_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small()) + "train: {lr: 1e-3, weight_decay: 5e-4}\n", encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.train.lr == 1e-3 and cfg.train.hyper["weight_decay"] == 5e-4
+    assert load_config(path, ["train.lr=2e-2"]).train.lr == 0.02
+    assert error(load_config, path, ["name=1e3"]) == (
+        "name: expected a name (a string; quote numbers), got 1000.0"
+    )
+    assert error(load_config, path, ["train.epochs=1e3"]) == (
+        "train.epochs: expected an integer ≥ 1, got 1000.0"
+    )
+
+
+def test_adam_takes_its_own_keys_and_refuses_sgds() -> None:
+    raw = with_(small(), "train", {"optimizer": "adam", "lr": 1e-3, "betas": [0.8, 0.99], "eps": 1e-7})
+    cfg = config_from_dict(raw)
+    assert (cfg.train.optimizer, cfg.train.hyper) == (
+        "adam", {"lr": 1e-3, "betas": [0.8, 0.99], "eps": 1e-7, "weight_decay": 0.0}
+    )
+    assert list(cfg.resolved["train"]) == ["epochs", "batch_size", "optimizer", "lr", "betas", "eps",
+                                            "weight_decay", "shuffle", "divergence_factor"]  # fmt: skip
+    assert config_mod.build_optimizer(cfg).betas == (0.8, 0.99)
+    assert error(config_from_dict, with_(raw, "train.momentum", 0.9)) == (
+        "train.momentum: only used with optimizer sgd, not adam; remove it"
+    )
+    assert error(config_from_dict, with_(small(), "train", {"betas": [0.9, 0.99]})) == (
+        "train.betas: only used with optimizer adam, not sgd; remove it"
+    )
+    assert error(config_from_dict, with_(raw, "train.betas", [0.9, 1.0])) == (
+        "train.betas: expected a pair of numbers in [0, 1), got [0.9, 1.0]"
+    )
+    assert error(config_from_dict, with_(small(), "train", {"optimizer": "adamw"})) == (
+        "train.optimizer: must be one of sgd, adam, got 'adamw' (did you mean 'adam'?)"
+    )
+    # the default stays sgd, at its own default lr
+    assert config_from_dict(with_(small(), "train", {"optimizer": "sgd"})).train.hyper["lr"] == 0.1
+
+
+def test_a_seed_a_checkpoint_cannot_store_is_refused() -> None:
+    assert error(config_from_dict, with_(small(), "seed", 2**64)) == (
+        f"seed: at most 2^63 − 1 (checkpoints store it as a 64-bit integer), got {2**64}"
+    )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_validate_against_the_json_schema(path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra")
+    from cnnbp.config_schema import json_schema_document
+    from cnnbp.yamlio import read_yaml
+
+    doc = json_schema_document()
+    jsonschema.Draft202012Validator.check_schema(doc)
+    assert list(jsonschema.Draft202012Validator(doc).iter_errors(read_yaml(path))) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("model.layers.0.filtres", 3), ("train.epoch", 3), ("data.sorce", "digits"), ("record.probes", 1),
+     ("model.layers.1.mode", "avg"), ("train.lr", -1), ("seed", "x")],
+)  # fmt: skip
+def test_the_json_schema_refuses_what_the_cli_refuses(path: str, value: object) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra")
+    from cnnbp.config_schema import json_schema_document
+
+    section, _, key = path.partition(".")
+    in_section = section in ("train", "record")
+    raw = with_(small(), section, {key: value}) if in_section else with_(small(), path, value)
+    error(config_from_dict, raw)
+    assert list(jsonschema.Draft202012Validator(json_schema_document()).iter_errors(raw)), path

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from cnnbp.data import Dataset, DataSpec, load_dataset, load_digits, read_idx
 from cnnbp.errors import UserError
 

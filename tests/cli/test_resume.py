@@ -1,34 +1,30 @@
 """``cnnbp train --resume``: bit-identical continuation (both dtypes, momentum, shuffling, mid-epoch
 interrupts), config and data checks, metrics repair, a second Ctrl-C, and divergence.
 
-Everything runs in-process through the Typer app; interrupts at an exact step use the
-``CNNBP_SIGNAL_AFTER_STEP`` hook, which makes the process send itself the signal right after that
-optimiser step, so the real signal handler is exercised deterministically.
+Everything runs in-process through the Typer app; interrupts at an exact step add a callback that makes
+the process send itself the signal right after that optimiser step (``signal_at``, tests/cli/conftest.py),
+so the real signal handler is exercised deterministically.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import yaml
-from cnnbp.app import app
-from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
-from cnnbp.commands.train import SIGNAL_HOOK, Interrupted, fit
-from cnnbp.config import build_loss, build_network, dump_config, load_config
-from cnnbp.core.optim import SGD
-from cnnbp.data import load_dataset
-from cnnbp.render.console import EpochLines
-from cnnbp.runs import METRIC_COLUMNS, create_run_dir, read_metrics, write_config
-from rich.console import Console
 from typer.testing import CliRunner
+
+from cnnbp.app import app
+from cnnbp.checkpoint import Checkpoint, read_checkpoint
+from cnnbp.core.optim import SGD
+from cnnbp.runner import Callback, Interrupted, Session
+from cnnbp.runs import METRIC_COLUMNS, find_checkpoints, read_metrics
+from tests.cli.conftest import rewrite_checkpoint
 
 runner = CliRunner()
 BATCHES = 10  # 160 digits in batches of 16
@@ -79,16 +75,19 @@ def last(run: Path) -> Checkpoint:
 
 
 def assert_same_state(a: Checkpoint, b: Checkpoint) -> None:
-    """Every weight and momentum buffer bit-identical, same epoch and step."""
+    """Every weight and optimiser buffer bit-identical, same epoch, step and optimiser step count."""
     assert (a.epoch, a.step) == (b.epoch, b.step)
     assert set(a.weights) == set(b.weights) and set(a.optimizer.state) == set(b.optimizer.state)
+    assert a.optimizer.state["t"] == b.optimizer.state["t"] == a.step
     for name, group in a.weights.items():
         for key, w in group.items():
             assert w.dtype == b.weights[name][key].dtype
             assert np.array_equal(w, b.weights[name][key]), f"{name}.{key} differs"
-    for name, group in a.optimizer.state.items():
-        for key, v in group.items():
-            assert np.array_equal(v, b.optimizer.state[name][key]), f"momentum {name}.{key} differs"
+    for buffer in set(a.optimizer.state) - {"t"}:
+        for name, group in a.optimizer.state[buffer].items():
+            for key, v in group.items():
+                other = b.optimizer.state[buffer][name][key]
+                assert np.array_equal(v, other), f"{buffer} {name}.{key} differs"
 
 
 def metric_rows(run: Path) -> list[dict[str, str]]:
@@ -127,12 +126,13 @@ def test_resume_after_4_epochs_to_10_is_bit_identical(straight: tuple[Path, str]
 
 
 def test_resume_from_a_mid_epoch_interrupt_is_bit_identical(
-    straight: tuple[Path, str], tmp_path: Path
+    straight: tuple[Path, str], tmp_path: Path, signal_at
 ) -> None:
     reference, dtype = straight
     config = write(tmp_path, small_digits(dtype))
     out = tmp_path / "runs"
-    result = invoke("train", config, "--out", out, "--quiet", env={SIGNAL_HOOK: "43"})  # epoch 5, batch 3
+    signal_at("43")  # epoch 5, batch 3
+    result = invoke("train", config, "--out", out, "--quiet")
     assert result.exit_code == 130, result.output
     run = out / "small"
     assert "interrupted in epoch 5 at step 43" in result.stderr
@@ -154,20 +154,22 @@ def test_resume_from_a_mid_epoch_interrupt_is_bit_identical(
     assert metric_rows(run) == metric_rows(reference)  # train_loss of epoch 5 too: the sums were saved
 
 
-def test_sigterm_at_an_epoch_end_and_a_second_interrupt(tmp_path: Path) -> None:
+def test_sigterm_at_an_epoch_end_and_a_second_interrupt(tmp_path: Path, signal_at) -> None:
     """SIGTERM after the last batch of an off-schedule epoch saves that epoch, marked; resume goes on."""
     cfg = small_digits("float64")
     cfg["train"]["epochs"] = 3
     config = write(tmp_path, cfg)
     run = tmp_path / "runs" / "small"
-    result = invoke("train", config, "--out", tmp_path / "runs", "--quiet", env={SIGNAL_HOOK: "10:TERM"})
+    signal_at("10:TERM")
+    result = invoke("train", config, "--out", tmp_path / "runs", "--quiet")
     assert result.exit_code == 143, result.output
     assert "interrupted in epoch 1 at step 10" in result.stderr
     ck = read_checkpoint(run / "checkpoints" / "0001.h5")
     assert ck.interrupted and ck.resume is not None
     assert (ck.resume.batches_done, ck.resume.epoch_complete) == (10, False)
     # a second signal right after the first: out at once, nothing new written, earlier files intact
-    result = invoke("train", "--resume", run, env={SIGNAL_HOOK: "15:INT:INT"})
+    signal_at("15:INT:INT")
+    result = invoke("train", "--resume", run)
     assert result.exit_code == 130, result.output
     assert "stopped at once" in result.stderr and "resume with:" in result.stderr
     assert [e for e, _ in find_checkpoints(run)] == [0, 1]
@@ -217,7 +219,7 @@ def test_a_changed_config_is_refused_unless_forced(tmp_path: Path) -> None:
     result = invoke("train", "--resume", run, "--force")
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
-    assert "0002.h5: has nothing for head.W" in line
+    assert line.endswith("0002.h5: /weights: has no parameters for layer head (it has: conv1, dense4)")
     assert (run / "metrics.csv").read_bytes() == before
     del stored["model"]["layers"][3]["name"]
     (run / "config.yaml").write_text(yaml.safe_dump(stored))
@@ -302,8 +304,7 @@ def test_a_newer_checkpoint_format_is_refused(tmp_path: Path) -> None:
     cfg["train"]["epochs"] = 1
     assert invoke("train", write(tmp_path, cfg), "--out", tmp_path / "runs", "--quiet").exit_code == 0
     run = tmp_path / "runs" / "small"
-    with h5py.File(run / "checkpoints" / "0001.h5", "a") as f:
-        f.attrs["format_version"] = 99
+    rewrite_checkpoint(run / "checkpoints" / "0001.h5", lambda f: f.attrs.__setitem__("format_version", 99))
     result = invoke("train", "--resume", run, "--epochs", "2")
     assert result.exit_code == 2 and "newer cnnbp (format 99)" in result.stderr
 
@@ -359,36 +360,27 @@ def test_divergence_factor_stops_a_growing_loss(tmp_path: Path) -> None:
 # ---- a bare KeyboardInterrupt at awkward moments (no signal handler: fit called directly) -------------
 
 
-class _RaiseAt(EpochLines):
-    """A reporter that raises KeyboardInterrupt when epoch ``at`` has been logged (and maybe saved)."""
+class _RaiseAt(Callback):
+    """Raises KeyboardInterrupt when epoch ``at`` has been logged (and maybe saved)."""
 
     def __init__(self, at: int) -> None:
-        super().__init__(Console(file=io.StringIO()))
         self.at = at
 
-    def epoch(self, row: Mapping[str, float]) -> None:
+    def on_epoch(self, row: Mapping[str, float]) -> None:
         if int(row["epoch"]) == self.at:
             raise KeyboardInterrupt
 
 
-def _fit_parts(tmp_path: Path, cfg_dict: dict) -> tuple:
-    cfg = load_config(write(tmp_path, cfg_dict))
-    dtype = np.dtype(cfg.dtype)
-    data = load_dataset(cfg.data, cfg.model.input_shape, 10, dtype, cfg.seed, cfg.base_dir)
-    net = build_network(cfg).build(np.random.default_rng(cfg.seed), dtype)
-    t = cfg.train
-    opt = SGD(t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    run_dir = create_run_dir(tmp_path / "runs", cfg.name)
-    write_config(run_dir, dump_config(cfg))
-    return cfg, net, build_loss(cfg), opt, data, run_dir
+def _session(tmp_path: Path, cfg_dict: dict) -> Session:
+    return Session.new(write(tmp_path, cfg_dict))
 
 
 def test_an_interrupt_after_an_unsaved_epoch_saves_it_whole(tmp_path: Path) -> None:
     cfg_dict = small_digits("float64")
     cfg_dict["train"]["epochs"] = 4
-    cfg, net, loss, opt, data, run_dir = _fit_parts(tmp_path, cfg_dict)
-    with pytest.raises(Interrupted) as info:
-        fit(cfg, net, loss, opt, data, run_dir, config_text=dump_config(cfg), reporters=[_RaiseAt(2)])
+    with _session(tmp_path, cfg_dict) as session, pytest.raises(Interrupted) as info:
+        session.run(tmp_path / "runs", [_RaiseAt(2)])
+    run_dir = session.run_dir
     ck = read_checkpoint(run_dir / "checkpoints" / "0002.h5")  # epoch 2 is off the every-3 schedule
     assert info.value.checkpoint == ck.path
     assert ck.interrupted and ck.resume is not None and ck.resume.epoch_complete
@@ -403,7 +395,7 @@ def test_an_interrupt_after_an_unsaved_epoch_saves_it_whole(tmp_path: Path) -> N
 def test_an_interrupt_in_the_middle_of_an_update_saves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg, net, loss, opt, data, run_dir = _fit_parts(tmp_path, small_digits("float32"))
+    session = _session(tmp_path, small_digits("float32"))
     real_step, calls = SGD.step, []
 
     def half_step(self: SGD, params: dict, grads: dict) -> None:
@@ -415,7 +407,8 @@ def test_an_interrupt_in_the_middle_of_an_update_saves_nothing(
         real_step(self, params, grads)
 
     monkeypatch.setattr(SGD, "step", half_step)
-    with pytest.raises(Interrupted) as info:
-        fit(cfg, net, loss, opt, data, run_dir, config_text=dump_config(cfg), reporters=[])
+    with session, pytest.raises(Interrupted) as info:
+        session.run(tmp_path / "runs")
+    run_dir = session.run_dir
     assert info.value.checkpoint is None and info.value.step == 14
     assert [e for e, _ in find_checkpoints(run_dir)] == [0]  # epoch 1 is off the every-3 schedule

@@ -1,4 +1,4 @@
-"""Tests for the finite-difference gradient checker ``core.gradcheck``.
+"""The finite-difference gradient checker (``core/gradcheck.py``).
 
 Every layer type is checked twice: the correct network passes every row, and the same network
 with a 1e-4 relative error injected into one element of one tensor of one layer's backward
@@ -10,108 +10,48 @@ on a float64 copy; sampling keeps the largest-gradient element.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from cnnbp.core.gradcheck import (
-    FAIL,
-    KINK,
-    PASS,
-    GradcheckResult,
-    gradcheck,
-    non_analytic_layers,
-)
-from cnnbp.core.layers import (
-    Conv2D,
-    Dense,
-    Flatten,
-    Identity,
-    Layer,
-    LpPool,
-    MaxPool,
-    MeanPool,
-    ReLU,
-    Sigmoid,
-    Subsample,
-    Tanh,
-)
-from cnnbp.core.losses import MSE, Loss, SoftmaxCrossEntropy
-from cnnbp.core.network import Sequential
+
+from cnnbp.core import MSE, Conv2D, Dense, Flatten, Identity, Layer, Loss, Sequential, SoftmaxCrossEntropy
+from cnnbp.core.gradcheck import FAIL, KINK, PASS, GradcheckResult, gradcheck, non_analytic_layers
+from cnnbp.core.layers import LpPool, MaxPool, MeanPool, ReLU, Sigmoid, Subsample, Tanh
 
 INJECT = 1e-4  # relative error injected into one element
 
 # ---- small networks, one per layer type ---------------------------------------------------------
-# name -> (layers before the final "fc" dense, input shape, layer to break, tensors to break)
-CASES: dict[str, tuple[Callable[[], list[Layer]], tuple[int, ...], str, tuple[str, ...]]] = {
-    "conv_tied": (
-        lambda: [Conv2D(2, 3, stride=2, padding=1, name="conv"), Tanh(name="act"), Flatten(name="flat")],
-        (2, 7, 7),
-        "conv",
-        ("W", "b", "dx"),
-    ),
-    "conv_untied": (
-        lambda: [Conv2D(2, 3, bias="untied", name="conv"), Tanh(name="act"), Flatten(name="flat")],
-        (2, 5, 5),
-        "conv",
-        ("W", "b", "dx"),
-    ),
-    "pool_max": (
-        lambda: [
-            Conv2D(2, 2, name="conv"),
-            Tanh(name="act"),
-            MaxPool(2, stride=1, name="pool"),
-            Flatten(name="flat"),
-        ],
-        (1, 6, 6),
-        "pool",
-        ("dx",),
-    ),
-    "pool_mean": (
-        lambda: [Conv2D(2, 2, name="conv"), Tanh(name="act"), MeanPool(2, name="pool"), Flatten(name="flat")],
-        (1, 7, 7),
-        "pool",
-        ("dx",),
-    ),
-    "pool_lp": (
-        lambda: [
-            Conv2D(2, 2, name="conv"),
-            Tanh(name="act"),
-            LpPool(2, p=3.0, name="pool"),
-            Flatten(name="flat"),
-        ],
-        (1, 5, 5),
-        "pool",
-        ("dx",),
-    ),
-    "subsample": (
-        lambda: [
-            Conv2D(2, 2, name="conv"),
-            Sigmoid(name="act"),
-            Subsample(2, name="sub"),
-            Flatten(name="flat"),
-        ],
-        (1, 7, 7),
-        "sub",
-        ("beta", "b", "dx"),
-    ),
+#: (layers before the final "fc" dense, input shape, layer to break, tensors to break)
+Case = tuple[Callable[[], list[Layer]], tuple[int, ...], str, tuple[str, ...]]
+
+
+def conv_tanh(**conv: Any) -> Callable[[], list[Layer]]:
+    """conv ``conv`` (2 filters, 3×3, ``conv`` its other arguments) → tanh ``act`` → flatten."""
+    return lambda: [Conv2D(2, 3, name="conv", **conv), Tanh(name="act"), Flatten(name="flat")]
+
+
+def windowed(middle: Callable[[], Layer], act: type[Layer] = Tanh) -> Callable[[], list[Layer]]:
+    """conv ``conv`` (2 filters, 2×2) → ``act`` → ``middle()`` → flatten."""
+    return lambda: [Conv2D(2, 2, name="conv"), act(name="act"), middle(), Flatten(name="flat")]
+
+
+CASES: dict[str, Case] = {
+    "conv_tied": (conv_tanh(stride=2, padding=1), (2, 7, 7), "conv", ("W", "b", "dx")),
+    "conv_untied": (conv_tanh(bias="untied"), (2, 5, 5), "conv", ("W", "b", "dx")),
+    "pool_max": (windowed(lambda: MaxPool(2, stride=1, name="pool")), (1, 6, 6), "pool", ("dx",)),
+    "pool_mean": (windowed(lambda: MeanPool(2, name="pool")), (1, 7, 7), "pool", ("dx",)),
+    "pool_lp": (windowed(lambda: LpPool(2, p=3.0, name="pool")), (1, 5, 5), "pool", ("dx",)),
+    "subsample": (windowed(lambda: Subsample(2, name="sub"), Sigmoid), (1, 7, 7), "sub", ("beta", "b", "dx")),
     "dense": (
         lambda: [Flatten(name="flat"), Dense(4, name="hidden"), Tanh(name="act")],
         (2, 2, 2),
         "hidden",
         ("W", "b", "dx"),
     ),
-    "flatten": (
-        lambda: [Conv2D(2, 2, name="conv"), Flatten(name="flat")],
-        (1, 4, 4),
-        "flat",
-        ("dx",),
-    ),
-    "first_layer": (  # a first-layer dx error shows in the input row
-        lambda: [Conv2D(2, 3, padding=1, name="conv"), Tanh(name="act"), Flatten(name="flat")],
-        (1, 4, 4),
-        "conv",
-        ("dx",),
-    ),
+    "flatten": (lambda: [Conv2D(2, 2, name="conv"), Flatten(name="flat")], (1, 4, 4), "flat", ("dx",)),
+    # a first-layer dx error shows in the input row
+    "first_layer": (conv_tanh(padding=1), (1, 4, 4), "conv", ("dx",)),
 }
 for _act in (Sigmoid, Tanh, ReLU, Identity):
     CASES[f"act_{_act.kind}"] = (
@@ -213,7 +153,7 @@ def test_correct_passes_and_injected_error_is_named(
         res = gradcheck(net, loss, x, y)
         monkeypatch.undo()
 
-        assert not res.passed
+        assert res.passed is False  # a property, not a method
         bad = res.row(*row_key)
         assert bad.status == FAIL
         assert bad.worst_index == index
@@ -262,7 +202,7 @@ def test_relu_at_zero_is_a_kink_not_a_failure() -> None:
     row = res.row("hidden", "b")
     assert row.worst_index == (1,) and row.n_kink == 1 and row.n_fail == 0
     assert res.row("hidden", "delta").worst_index[1] == 1
-    assert res.passed
+    assert res.passed is True and isinstance(GradcheckResult.passed, property)
     assert not res.ok(strict=True)
 
 
@@ -275,7 +215,7 @@ def test_max_pool_tie_is_a_kink() -> None:
     assert row.status == KINK and row.n_fail == 0
     assert row.worst_index in {(0, 0, 0, 0), (0, 0, 0, 1)}
     assert {s for k, s in statuses(res).items() if k != ("input", "input")} == {PASS}
-    assert res.passed and not res.ok(strict=True)
+    assert res.passed is True and not res.ok(strict=True)
 
 
 def test_a_real_error_next_to_a_kink_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:

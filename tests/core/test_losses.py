@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cnnbp.core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
 
+from cnnbp.core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
 from tests.fd import assert_fd_close, fd_gradient
 
 
@@ -120,3 +120,10 @@ def test_softmax_ce_is_stable_for_large_logits() -> None:
     z = 2 * np.exp(-1.0) + 1.0
     assert values[1] == pytest.approx(-np.log(np.exp(-1.0) / z), rel=1e-14)
     np.testing.assert_allclose(delta[1], [np.exp(-1.0) / z, 1.0 / z, np.exp(-1.0) / z - 1.0], rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_backward_before_forward(name: str) -> None:
+    """A loss's backward() before forward() raises RuntimeError too (not an AttributeError)."""
+    with pytest.raises(RuntimeError):
+        LOSSES[name]().backward()

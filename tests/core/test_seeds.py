@@ -9,10 +9,10 @@ import math
 
 import numpy as np
 import pytest
+
 from cnnbp.core import MSE, SGD, Sequential, SoftmaxCrossEntropy
 from cnnbp.core.init import Explicit
 from cnnbp.core.layers import Conv2D, Dense, MaxPool, MeanPool, Sigmoid, Subsample
-
 from tests.core import reference as ref
 
 # ---------------------------------------------------------------------------------------------
@@ -330,3 +330,22 @@ def test_sgd_plain_step_uses_the_batch_mean_gradient() -> None:
     SGD(lr=alpha).step(net.parameters(), net.grads())
     np.testing.assert_allclose(net.layer("fc").params["W"], W0 - alpha * dW, rtol=1e-12)
     np.testing.assert_allclose(net.layer("fc").params["b"], b0 - alpha * db, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the loop reference itself: seed 000's full convolution
+# ---------------------------------------------------------------------------------------------
+def test_reference_full_convolution_is_the_seed_formula() -> None:
+    """The reference's full convolution reproduces seed 000's term-by-term ∂E/∂X for a 2×2 δ and kernel."""
+    d = np.array([[1.0, 2.0], [3.0, 4.0]])
+    F = np.array([[5.0, 6.0], [7.0, 8.0]])
+    (d11, d12), (d21, d22) = d
+    (f11, f12), (f21, f22) = F
+    expected = np.array(
+        [
+            [d11 * f11, d11 * f12 + d12 * f11, d12 * f12],
+            [d11 * f21 + d21 * f11, d11 * f22 + d12 * f21 + d21 * f12 + d22 * f11, d12 * f22 + d22 * f12],
+            [d21 * f21, d21 * f22 + d22 * f21, d22 * f22],
+        ]
+    )
+    np.testing.assert_array_equal(ref.conv_full(d, F), expected)

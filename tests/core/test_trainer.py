@@ -1,9 +1,11 @@
-"""Tests for the training loop: learning, reproducible shuffling, dtype, evaluation and the probe batch."""
+"""The training loop (``core/trainer.py``): learning, reproducible shuffling and resuming, dtype,
+evaluation and the probe batch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cnnbp.core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU, Sigmoid
 from cnnbp.core.losses import MSE, SoftmaxCrossEntropy
 from cnnbp.core.network import Sequential
@@ -93,9 +95,8 @@ def test_resuming_at_an_epoch_boundary_is_bit_identical() -> None:
         full.run_epoch(x, y, e)
     first = Trainer(mlp(), SoftmaxCrossEntropy(), SGD(0.1, momentum=0.9), batch_size=8, seed=2)
     first.run_epoch(x, y, 1)
-    resumed_net = mlp()
-    for name, group in first.net.parameters().items():
-        resumed_net.layer(name).set_params(group)
+    resumed_net = mlp(seed=9)  # other initial weights: everything must come from set_parameters
+    resumed_net.set_parameters(first.net.parameters(), same_dtype=True)
     opt = SGD(0.1, momentum=0.9)
     opt.load_state_dict(first.optimizer.state_dict())
     resumed = Trainer(resumed_net, SoftmaxCrossEntropy(), opt, batch_size=8, seed=2)
@@ -114,7 +115,9 @@ def test_float32_stays_float32() -> None:
     trainer.run_epoch(x, y, 1)
     for group in trainer.net.parameters().values():
         assert all(w.dtype == np.float32 for w in group.values())
-    for group in trainer.optimizer.state.values():
+    velocity = trainer.optimizer.state["velocity"]  # {layer: {param: buffer}}
+    assert set(velocity) == set(trainer.net.parameters())
+    for group in velocity.values():
         assert all(v.dtype == np.float32 for v in group.values())
     probe = trainer.probe(x[:4], y[:4])
     assert all(d.dtype == np.float32 for d in probe.deltas.values())
@@ -142,7 +145,7 @@ def test_probe_deltas_equal_record_output_and_leave_the_optimiser_alone() -> Non
     for name, group in net.grads().items():
         for key, g in group.items():
             np.testing.assert_array_equal(probe.grads[name][key], g)
-    assert opt.state == {} and trainer.step == 0
+    assert opt.state == {"velocity": {}} and opt.t == 0 and trainer.step == 0
     for name, group in net.parameters().items():
         for key, w in group.items():
             np.testing.assert_array_equal(w, before[name][key])

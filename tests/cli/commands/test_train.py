@@ -12,70 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from cnnbp import __version__
-from cnnbp.app import app
-from cnnbp.checkpoint import find_checkpoints, read_checkpoint
-from cnnbp.commands.train import Interrupted, choose_probe, fit
-from cnnbp.config import build_loss, build_network, check_model, dump_config, load_config
-from cnnbp.core.optim import SGD
-from cnnbp.data import load_dataset
-from cnnbp.render.console import EpochLines
-from cnnbp.runs import METRIC_COLUMNS, create_run_dir
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+from cnnbp import __version__
+from cnnbp.app import app
+from cnnbp.checkpoint import read_checkpoint
+from cnnbp.config import build_network, check_model, load_config
+from cnnbp.runner import choose_probe
+from cnnbp.runs import METRIC_COLUMNS, create_run_dir, find_checkpoints
+from tests.cli.conftest import CONV_B, CONV_W, DENSE_B, DENSE_W, tiny_config, write_config
+
+REPO = Path(__file__).resolve().parents[3]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 runner = CliRunner()
-
-# explicit initial values of the tiny config below (conv 1×1×2×2 + bias, dense 2×4 + bias)
-CONV_W = [[[[0.5, -0.25], [0.125, 0.75]]]]
-CONV_B = [0.01]
-DENSE_W = [[0.1, -0.2, 0.3, -0.4], [-0.5, 0.6, -0.7, 0.8]]
-DENSE_B = [0.05, -0.05]
-
-
-def tiny_config(name: str = "tiny", epochs: int = 3, every: int = 2) -> dict:
-    """Eight 1×3×3 images (bright top row → class 1) and a conv + dense model with explicit init."""
-    rng = np.random.default_rng(0)
-    xs, ys = [], []
-    for i in range(8):
-        img = rng.uniform(0, 0.2, size=(1, 3, 3))
-        if i % 2:
-            img[0, 0, :] += 1.0
-        xs.append(np.round(img, 3).tolist())
-        ys.append(i % 2)
-    return {
-        "name": name,
-        "seed": 1,
-        "dtype": "float64",
-        "data": {"source": "inline", "val_fraction": 0.25, "x": xs, "y": ys},
-        "model": {
-            "input_shape": [1, 3, 3],
-            "layers": [
-                {
-                    "type": "conv",
-                    "name": "conv",
-                    "filters": 1,
-                    "kernel": 2,
-                    "activation": "tanh",
-                    "init": {"W": CONV_W, "b": CONV_B},
-                },
-                {"type": "flatten", "name": "flat"},
-                {"type": "dense", "name": "out", "units": 2, "init": {"W": DENSE_W, "b": DENSE_B}},
-            ],
-        },  # fmt: skip
-        "loss": "softmax_cross_entropy",
-        "train": {"epochs": epochs, "batch_size": 4, "lr": 0.1},
-        "record": {"probe": 3, "every": every},
-    }
-
-
-def write_config(folder: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    return path
-
 
 def invoke(*args: str | Path):  # noqa: ANN201 - typer's Result
     return runner.invoke(app, [str(a) for a in args])
@@ -92,7 +41,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0
-    assert result.stdout.strip() == f"cnnbp {__version__}" == "cnnbp 0.1.0"
+    assert result.stdout.strip() == f"cnnbp {__version__}" == "cnnbp 0.2.0"
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -179,7 +128,9 @@ def test_digits_checkpoints(digits_run: tuple[Path, object]) -> None:
     # weights changed between the checkpoints; so did the probe gradients
     assert not np.array_equal(first.weights["dense6"]["W"], last.weights["dense6"]["W"])
     assert not np.array_equal(first.grads["dense6"]["W"], last.grads["dense6"]["W"])
-    assert first.optimizer.state == {} and set(last.optimizer.state) == set(last.weights)
+    assert first.optimizer.type == "sgd" and first.optimizer.state == {"t": 0, "velocity": {}}
+    assert set(last.optimizer.state["velocity"]) == set(last.weights) and last.optimizer.state["t"] == steps
+    assert last.optimizer.hyper == {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
     assert list(last.history["epoch"]) == [0, 1, 2]
     # the stored config is the resolved YAML of the run
     assert last.config == (run / "config.yaml").read_text()
@@ -334,43 +285,6 @@ def test_run_name_cannot_escape_the_output_folder(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="plain folder name|outside"):
         create_run_dir(tmp_path, "../x")
     assert create_run_dir(tmp_path, "ok").parent == tmp_path
-
-
-# ---- Ctrl-C --------------------------------------------------------------------------------------------
-
-
-class _StopAt(EpochLines):
-    """Raises KeyboardInterrupt at a given batch, as Ctrl-C would."""
-
-    wants_batches = True
-
-    def __init__(self, epoch: int, batch: int) -> None:
-        from rich.console import Console
-
-        super().__init__(Console(file=open("/dev/null", "w")))  # noqa: SIM115 - closed with the process
-        self.at = (epoch, batch)
-
-    def batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
-        if (epoch, batch) == self.at:
-            raise KeyboardInterrupt
-
-
-def test_interrupt_saves_a_marked_checkpoint(tmp_path: Path) -> None:
-    config = write_config(tmp_path, tiny_config(epochs=5, every=5))
-    cfg = load_config(config)
-    data = load_dataset(cfg.data, cfg.model.input_shape, 2, np.dtype(cfg.dtype), cfg.seed, cfg.base_dir)
-    net = build_network(cfg).build(np.random.default_rng(cfg.seed), np.float64)
-    run_dir = create_run_dir(tmp_path / "runs", cfg.name)
-    (run_dir / "checkpoints" / "0009.h5.tmp").write_bytes(b"left over")
-    with pytest.raises(Interrupted) as info:
-        fit(cfg, net, build_loss(cfg), SGD(0.1), data, run_dir, config_text=dump_config(cfg),
-            reporters=[_StopAt(epoch=3, batch=1)])  # fmt: skip
-    assert (info.value.epoch, info.value.step) == (3, 5)
-    assert [e for e, _ in find_checkpoints(run_dir)] == [0, 3]
-    ck = read_checkpoint(run_dir / "checkpoints" / "0003.h5")
-    assert ck.interrupted and ck.step == 5 and math.isnan(ck.metrics["train_loss"])
-    assert [int(r["epoch"]) for r in read_csv(run_dir / "metrics.csv")] == [0, 1, 2]
-    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # stale .tmp removed when the run started
 
 
 # ---- MNIST (the DeepLearnToolbox network), when the shared data is there ---------------------------------

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cnnbp.checkpoint import Checkpoint, find_checkpoints, read_checkpoint
-from cnnbp.commands.train import SIGNAL_HOOK
-from cnnbp.runs import read_metrics
+
+from cnnbp.checkpoint import Checkpoint, read_checkpoint
+from cnnbp.runs import find_checkpoints, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 # the built-in digits config on 800 images: ~25 batches and a checkpoint per epoch, a few epochs a second
@@ -31,9 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "NO_COLOR": "1"}
-    env.pop(SIGNAL_HOOK, None)
-    return env
+    return {**os.environ, "NO_COLOR": "1"}
 
 
 def start(*args: str | Path) -> subprocess.Popen[str]:

@@ -1,0 +1,453 @@
+"""Looking inside a run: the data behind ``cnnbp inspect``, as plain Python values.
+
+Checkpoints are found with :mod:`cnnbp.runs` (the one resolver) and read with
+:func:`cnnbp.checkpoint.read_checkpoint`.  The ``*_data`` functions build the dict of one view:
+``summary`` (run header, one row per layer, metrics), ``deltas`` (one probe sample's δ per layer),
+``grads`` / ``weights`` (each layer's ``/grads`` or ``/weights``) and, for ``--checkpoint all``, one norm
+per layer and checkpoint.  Those dicts hold NumPy arrays and NaN; :func:`to_json` turns them into strict
+JSON data (nested lists; non-finite numbers through :func:`cnnbp.files.json_number`).
+
+Nothing here prints: a note (``metrics.csv`` unreadable, so the checkpoint's ``/metrics`` is used) goes
+to the ``warn`` callback.  Every problem the user can fix is a one-line :class:`~cnnbp.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from cnnbp.checkpoint import Checkpoint, LayerRecord, read_checkpoint
+from cnnbp.errors import UserError
+from cnnbp.files import json_number
+from cnnbp.runs import (
+    CHECKPOINTS,
+    METRIC_COLUMNS,
+    METRICS_CSV,
+    find_checkpoints,
+    read_metrics,
+    resolve_checkpoint,
+    run_folder,
+)
+from cnnbp.yamlio import load_yaml_text
+
+__all__ = [
+    "DELTA_NORM_CAPTION",
+    "NORM_VIEWS",
+    "array_stats",
+    "best",
+    "check_channel",
+    "check_sample",
+    "checkpoint_info",
+    "dataset_text",
+    "delta_norm",
+    "deltas_data",
+    "epoch_ranges",
+    "layer_row",
+    "load_all",
+    "load_checkpoint",
+    "load_metrics",
+    "log_scale",
+    "metric_column",
+    "metric_rows",
+    "metrics_data",
+    "metrics_json",
+    "norm",
+    "norms_data",
+    "params_data",
+    "planned_epochs",
+    "probe_count",
+    "run_config",
+    "select_layers",
+    "summary_data",
+    "to_json",
+]
+
+Warn = Callable[[str], None]
+
+NORM_VIEWS = ("deltas", "grads", "weights")  # the views ``--checkpoint all`` tabulates
+DELTA_NORM_CAPTION = "mean over the probe samples of ‖δ_x‖ (L2 norm of one sample's δ)"
+_MEASURES = {
+    "deltas": DELTA_NORM_CAPTION,
+    "grads": "‖∂L/∂θ‖: L2 norm of the gradient of all the layer's parameters (probe batch)",
+    "weights": "‖θ‖: L2 norm of all the layer's parameters",
+}
+LOG_SCALE_SPAN = 30.0  # a loss curve spanning more than this factor is drawn on a log scale
+
+
+# ---- finding and reading --------------------------------------------------------------------------------
+
+
+def load_checkpoint(target: Path, checkpoint: str | int = "last") -> Checkpoint:
+    """Read the checkpoint ``checkpoint`` names (``last`` or an epoch) of a run folder or file."""
+    return read_checkpoint(resolve_checkpoint(target, checkpoint))
+
+
+def load_all(target: Path) -> list[Checkpoint]:
+    """Every checkpoint of a run folder (or its ``checkpoints`` folder), by epoch."""
+    target = Path(target)
+    if not target.exists():
+        raise UserError(f"{target}: no such run folder or checkpoint file")
+    if target.is_file():
+        raise UserError(f"{target}: --checkpoint all needs a run folder, not one checkpoint file")
+    found = find_checkpoints(run_folder(target) or target)
+    if not found:
+        raise UserError(f"{target}: no checkpoints found (expected {CHECKPOINTS}/NNNN.h5 in a run folder)")
+    return [read_checkpoint(path) for _, path in found]
+
+
+def load_metrics(target: Path, ck: Checkpoint, warn: Warn | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """The run's metrics columns and where they came from.
+
+    ``metrics.csv`` of the run folder when there is one (the whole run, even when an earlier checkpoint
+    is shown); otherwise, or when it cannot be read (``warn`` gets a note), the checkpoint's own
+    ``/metrics`` (the history up to that checkpoint).
+    """
+    run_dir = run_folder(target)
+    if run_dir is not None and (run_dir / METRICS_CSV).is_file():
+        try:
+            cols = read_metrics(run_dir)
+            return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}, str(run_dir / METRICS_CSV)
+        except UserError as e:
+            if warn is not None:
+                warn(f"note: {e}; showing the checkpoint's /metrics instead")
+    cols = {k: np.asarray(ck.history.get(k, []), dtype=np.float64) for k in METRIC_COLUMNS}
+    return cols, f"{ck.path} /metrics"
+
+
+def select_layers(ck: Checkpoint, names: Sequence[str] | None, *, params_only: bool) -> list[LayerRecord]:
+    """The layers ``names`` lists (each entry one name or comma-separated names), in network order.
+
+    Without names: the layers with parameters when ``params_only``, else every layer.  An unknown name,
+    or a layer without parameters when ``params_only``, is a UserError listing the layers there are.
+    """
+    by_name = {layer.name: layer for layer in ck.layers}
+    wanted: list[str] = []
+    for raw in names or []:
+        wanted.extend([raw] if raw in by_name else [p.strip() for p in raw.split(",") if p.strip()])
+    for name in wanted:
+        if name not in by_name:
+            raise UserError(f"--layer: no layer {name!r} in {ck.path}; its layers: {', '.join(by_name)}")
+    param_names = [n for n in ck.weights if ck.weights[n]]
+    if params_only:
+        for name in wanted:
+            if name not in param_names:
+                have = ", ".join(param_names) or "none"
+                raise UserError(f"--layer: {name} has no parameters; layers with parameters: {have}")
+    if not wanted:
+        return [layer for layer in ck.layers if not params_only or layer.name in param_names]
+    chosen = set(wanted)
+    return [layer for layer in ck.layers if layer.name in chosen]
+
+
+def probe_count(ck: Checkpoint) -> int:
+    """How many probe samples the checkpoint recorded."""
+    return int(ck.probe_index.shape[0])
+
+
+def check_sample(ck: Checkpoint, sample: int) -> None:
+    """``sample`` must be one of the checkpoint's probe samples (a UserError otherwise)."""
+    n = probe_count(ck)
+    if n == 0:
+        raise UserError(f"{ck.path}: the run recorded no probe samples (record.probe: 0), so no deltas")
+    if not 0 <= sample < n:
+        raise UserError(f"--sample {sample}: the probe batch of {ck.path} has {n} samples (0..{n - 1})")
+
+
+def check_channel(arrays: dict[str, np.ndarray], channel: int | None, noun: str) -> None:
+    """``channel`` must exist in every array that has maps (3 or more dimensions); None always does."""
+    if channel is None:
+        return
+    for name, arr in arrays.items():
+        if arr.ndim >= 3 and not 0 <= channel < arr.shape[0]:
+            n = arr.shape[0]
+            raise UserError(f"--channel {channel}: {name} has {n} {noun}{'' if n == 1 else 's'} (0..{n - 1})")
+
+
+# ---- numbers ------------------------------------------------------------------------------------------
+
+
+def norm(arrays: Sequence[np.ndarray]) -> float:
+    """The L2 norm of several arrays taken together (NaN when there are none)."""
+    if not arrays:
+        return math.nan
+    return float(np.sqrt(sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in arrays)))
+
+
+def delta_norm(d: np.ndarray) -> float:
+    """Mean over probe samples (the first axis) of ‖δ_x‖ (NaN without samples)."""
+    if d.shape[0] == 0:
+        return math.nan
+    flat = np.asarray(d, dtype=np.float64).reshape(d.shape[0], -1)
+    return float(np.mean(np.sqrt(np.sum(flat * flat, axis=1))))
+
+
+def array_stats(values: np.ndarray) -> dict[str, float]:
+    """min, max, mean and the L2 norm of an array, in float64 (NaN for an empty one; as ``termplot``'s)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {"min": math.nan, "max": math.nan, "mean": math.nan, "norm": math.nan}
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf in the mean is NaN, silently
+        return {
+            "min": float(arr.min()),
+            "max": float(arr.max()),
+            "mean": float(arr.mean()),
+            "norm": float(np.sqrt(np.sum(arr * arr))),
+        }
+
+
+def layer_row(ck: Checkpoint, layer: LayerRecord) -> dict[str, Any]:
+    """One summary row: shapes, parameter count, norms and |δ| statistics of a layer."""
+    weights = list(ck.weights.get(layer.name, {}).values())
+    grads = list(ck.grads.get(layer.name, {}).values())
+    d = np.abs(np.asarray(ck.deltas[layer.name], dtype=np.float64))
+    return {
+        "name": layer.name,
+        "type": layer.type,
+        "input_shape": list(layer.input_shape),
+        "output_shape": list(layer.output_shape),
+        "params": int(sum(w.size for w in weights)),
+        "param_norm": norm(weights),
+        "grad_norm": norm(grads),
+        "delta_mean_abs": float(d.mean()) if d.size else math.nan,
+        "delta_max_abs": float(d.max()) if d.size else math.nan,
+    }
+
+
+def best(metrics: dict[str, np.ndarray], key: str) -> tuple[float, int | None]:
+    """The highest finite value of a column and its epoch (the earliest on ties); NaN, None without one."""
+    values, epochs = metrics.get(key, np.zeros(0)), metrics.get("epoch", np.zeros(0))
+    finite = [(float(v), int(e)) for v, e in zip(values, epochs, strict=False) if math.isfinite(v)]
+    if not finite:
+        return math.nan, None
+    top = max(v for v, _ in finite)
+    return top, next(e for v, e in finite if v == top)
+
+
+def metric_column(metrics: dict[str, Any], key: str) -> np.ndarray:
+    """One metrics column as float64 (None, as :func:`metrics_json` writes NaN epochs, becomes NaN)."""
+    return np.asarray([math.nan if v is None else v for v in metrics.get(key, [])], dtype=np.float64)
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[list[float]]:
+    """One row per epoch of the ``METRIC_COLUMNS`` values (NaN where a column is missing or short)."""
+    columns = [metric_column(metrics, c) for c in METRIC_COLUMNS]
+    n = len(columns[0])  # the epoch column
+    return [[float(col[i]) if i < len(col) else math.nan for col in columns] for i in range(n)]
+
+
+def log_scale(*columns: np.ndarray) -> bool:
+    """Whether curves of these columns want a log axis: all finite values positive, spanning > 30×."""
+    values = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in columns] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    return bool(values.size and values.min() > 0 and values.max() / values.min() > LOG_SCALE_SPAN)
+
+
+# ---- JSON ---------------------------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON data, recursively: arrays as nested lists, non-finite floats by ``json_number``."""
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return json_number(value)
+    return value
+
+
+def metrics_json(metrics: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Metric columns as lists: epoch and step as integers (None when missing), the rest as floats."""
+    out: dict[str, list[Any]] = {}
+    for key, values in metrics.items():
+        if key in ("epoch", "step"):
+            out[key] = [int(v) if math.isfinite(v) else None for v in values]
+        else:
+            out[key] = [float(v) for v in values]
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+
+def checkpoint_info(ck: Checkpoint) -> dict[str, Any]:
+    """Which checkpoint a view shows: its path, run, epoch, step and format."""
+    return {
+        "path": str(ck.path),
+        "run_name": ck.run_name,
+        "epoch": ck.epoch,
+        "step": ck.step,
+        "interrupted": ck.interrupted,
+        "dtype": ck.dtype,
+        "loss": ck.loss,
+        "format_version": ck.format_version,
+    }
+
+
+def run_config(ck: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's resolved config as a dict (empty when it cannot be parsed)."""
+    try:
+        cfg = load_yaml_text(ck.config)
+    except (yaml.YAMLError, ValueError):  # ValueError: a scalar YAML cannot build (a bad date)
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def dataset_text(cfg: dict[str, Any]) -> str:
+    """The data source of a run from its config: ``digits``, ``idx · data/mnist · limit 3000``, …"""
+    data = cfg.get("data")
+    if not isinstance(data, dict):
+        return "?"
+    parts = [str(data.get("source", "?"))]
+    if data.get("path"):
+        parts.append(str(data["path"]))
+    if data.get("limit"):
+        parts.append(f"limit {data['limit']}")
+    return " · ".join(parts)
+
+
+def planned_epochs(cfg: dict[str, Any]) -> int | None:
+    """``train.epochs`` of a run's config, when it is there."""
+    train = cfg.get("train")
+    value = train.get("epochs") if isinstance(train, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def epoch_ranges(epochs: Sequence[int]) -> str:
+    """``0–5, 8, 10–12`` for a sorted list of epochs."""
+    parts, i = [], 0
+    while i < len(epochs):
+        j = i
+        while j + 1 < len(epochs) and epochs[j + 1] == epochs[j] + 1:
+            j += 1
+        parts.append(str(epochs[i]) if i == j else f"{epochs[i]}–{epochs[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+# ---- views --------------------------------------------------------------------------------------------
+
+
+def summary_data(
+    target: Path, ck: Checkpoint, layers: list[LayerRecord], warn: Warn | None = None
+) -> dict[str, Any]:
+    """The ``summary`` view: the run, the checkpoint, one :func:`layer_row` per layer and the metrics."""
+    metrics, source = load_metrics(target, ck, warn)
+    run_dir = run_folder(target)
+    present = [e for e, _ in find_checkpoints(run_dir)] if run_dir is not None else []
+    if not present:  # a checkpoint file outside a run folder
+        present = [ck.epoch]
+    top, top_epoch = best(metrics, "val_acc")
+    cfg = run_config(ck)
+    epochs = metrics.get("epoch", np.zeros(0))
+    return {
+        "view": "summary",
+        "run": {
+            "name": ck.run_name,
+            "folder": str(run_dir) if run_dir is not None else None,
+            "dataset": dataset_text(cfg),
+            "dtype": ck.dtype,
+            "loss": ck.loss,
+            "epochs": int(epochs.max()) if epochs.size else ck.epoch,
+            "epochs_planned": planned_epochs(cfg),
+            "best_val_acc": top,
+            "best_val_acc_epoch": top_epoch,
+            "checkpoints": present,
+            "probe_samples": probe_count(ck),
+        },
+        "checkpoint": checkpoint_info(ck),
+        "layers": [layer_row(ck, layer) for layer in layers],
+        "metrics_source": source,
+        "metrics": metrics_json(metrics),
+    }
+
+
+def metrics_data(target: Path, ck: Checkpoint, warn: Warn | None = None) -> dict[str, Any]:
+    """The ``metrics`` view: the run's metrics columns (see :func:`load_metrics`) and their source."""
+    metrics, source = load_metrics(target, ck, warn)
+    return {"view": "metrics", "source": source, "metrics": metrics_json(metrics)}
+
+
+def deltas_data(
+    ck: Checkpoint, layers: list[LayerRecord], sample: int, channel: int | None
+) -> dict[str, Any]:
+    """The ``deltas`` view: probe sample ``sample``'s δ of each layer (one channel of maps if given)."""
+    check_sample(ck, sample)
+    arrays = {layer.name: np.asarray(ck.deltas[layer.name][sample]) for layer in layers}
+    check_channel(arrays, channel, "channel")
+    out = []
+    for layer in layers:
+        d = arrays[layer.name]
+        sliced = channel is not None and d.ndim >= 3
+        shown = d[channel] if sliced else d
+        out.append({
+            "name": layer.name,
+            "type": layer.type,
+            "shape": list(d.shape),
+            "channel": channel if sliced else None,
+            "delta": shown,
+            "stats": array_stats(shown),
+        })  # fmt: skip
+    return {
+        "view": "deltas",
+        "checkpoint": checkpoint_info(ck),
+        "sample": {"index": sample, "train_index": int(ck.probe_index[sample]), "target": ck.probe_y[sample]},
+        "layers": out,
+    }
+
+
+def params_data(ck: Checkpoint, layers: list[LayerRecord], which: str, channel: int | None) -> dict[str, Any]:
+    """The ``grads`` or ``weights`` view (``which``): each layer's arrays (one filter of maps if given)."""
+    source = ck.grads if which == "grads" else ck.weights
+    arrays = {f"{layer.name}.{k}": v for layer in layers for k, v in source.get(layer.name, {}).items()}
+    check_channel(arrays, channel, "filter")
+    out = []
+    for layer in layers:
+        params = {}
+        for key, arr in source.get(layer.name, {}).items():
+            sliced = channel is not None and arr.ndim >= 3
+            shown = arr[channel] if sliced else arr
+            params[key] = {
+                "shape": list(arr.shape),
+                "channel": channel if sliced else None,
+                "values": shown,
+                "stats": array_stats(shown),
+            }
+        out.append({"name": layer.name, "type": layer.type, "params": params})
+    return {"view": which, "checkpoint": checkpoint_info(ck), "layers": out}
+
+
+def norms_data(cks: list[Checkpoint], names: Sequence[str] | None, which: str) -> dict[str, Any]:
+    """One norm per layer and checkpoint (``which``: deltas, grads or weights); rows output → input.
+
+    The layers are those of the last checkpoint (all of them for deltas, else those with parameters).
+    """
+    layers = select_layers(cks[-1], names, params_only=which != "deltas")
+    rows = []
+    for layer in reversed(layers):
+        values = []
+        for ck in cks:
+            if which == "deltas":
+                d = ck.deltas.get(layer.name)
+                values.append(delta_norm(np.asarray(d)) if d is not None else math.nan)
+            else:
+                group = (ck.grads if which == "grads" else ck.weights).get(layer.name, {})
+                values.append(norm(list(group.values())))
+        rows.append({"name": layer.name, "type": layer.type, "values": values})
+    return {
+        "view": which,
+        "measure": _MEASURES[which],
+        "checkpoints": [{"epoch": c.epoch, "step": c.step, "interrupted": c.interrupted} for c in cks],
+        "layers": rows,
+    }

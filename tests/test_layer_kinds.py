@@ -1,0 +1,180 @@
+"""Every registered layer kind through every place that reads the registry: a kind that one of them
+cannot handle fails here.
+
+The places: the constructor's hyper-parameters (``hyper()`` / ``from_hyper``), the config schema and
+``build_network``, the JSON Schema, the checkpoint's ``/model`` record and ``Checkpoint.network()``,
+the model summary, the gradient checker's per-layer facts (``elementwise``, ``window``), the ONNX
+export and the PyTorch mirror (each where its package is installed).  A kind whose constructor needs
+arguments must have an entry in ``EXAMPLES``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnbp.checkpoint import ResumeRecord, read_checkpoint, write_checkpoint
+from cnnbp.config import build_network, config_from_dict
+from cnnbp.config_schema import json_schema_document
+from cnnbp.core.gradcheck import gradcheck
+from cnnbp.core.hyper import hyper_params
+from cnnbp.core.layers import Dense, Flatten, Layer
+from cnnbp.core.losses import SoftmaxCrossEntropy
+from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.registry import LAYERS
+from cnnbp.core.trainer import Trainer
+from cnnbp.render.console import model_table
+
+IMAGE = (2, 6, 7)
+VECTOR = (5,)
+#: hyper-parameters to build each kind with (several for a kind with modes); kinds not listed take none
+EXAMPLES: dict[str, list[dict]] = {
+    "conv": [{"filters": 3, "kernel": [2, 3], "stride": [1, 2], "padding": [1, 0]},
+             {"filters": 2, "kernel": 3, "bias": "untied"}],
+    "dense": [{"units": 4}],
+    "pool": [{"size": [2, 3], "stride": [1, 2], "mode": "max"}, {"size": 2, "mode": "mean"},
+             {"size": [3, 2], "stride": 1, "mode": "lp", "p": 3.0}],
+    "subsample": [{"scale": 2}],
+    "leaky_relu": [{"alpha": 0.2}],
+}  # fmt: skip
+CASES = [(kind, h) for kind in LAYERS for h in EXAMPLES.get(kind, [{}])]
+
+
+def test_every_kind_can_be_built() -> None:
+    for kind, cls in LAYERS.items():
+        needs = [p.name for p in hyper_params(cls) if p.required]
+        assert not needs or kind in EXAMPLES, f"add an example of {kind} (it needs {needs}) to EXAMPLES"
+
+
+def network(kind: str, hyper: dict, dtype: type = np.float64) -> Sequential:
+    """The layer between an input and a flatten + dense head, built with random (not initial) weights."""
+    layer = LAYERS[kind].from_hyper(hyper, name="under_test")
+    shape = VECTOR if kind == "dense" else IMAGE
+    head: list[Layer] = [] if kind in ("dense", "flatten") else [Flatten(name="flat")]
+    net = Sequential([layer, *head, Dense(3, name="head")], shape)
+    net.build(np.random.default_rng(0), dtype)
+    rng = np.random.default_rng(1)
+    for group in net.parameters().values():
+        for key, w in group.items():
+            group[key][...] = rng.uniform(-0.8, 0.8, size=w.shape)
+    return net
+
+
+def inputs(net: Sequential, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(n, *net.input_shape))
+    x += np.sign(x) * 0.05  # away from relu's and |x|'s kink at 0
+    return x, rng.integers(0, 3, size=n)
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_hyper_round_trip(kind: str, hyper: dict) -> None:
+    layer = LAYERS[kind].from_hyper(hyper)
+    again = type(layer).from_hyper(layer.hyper())
+    assert type(again) is type(layer) and again.hyper() == layer.hyper()
+    assert layer.kind == kind
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_config_builds_the_kind(kind: str, hyper: dict) -> None:
+    shape = list(VECTOR if kind == "dense" else IMAGE)
+    head = [] if kind in ("dense", "flatten") else [{"type": "flatten"}]
+    raw = {
+        "data": {"source": "inline", "x": [np.zeros(shape).tolist()], "y": [0]},
+        "model": {
+            "input_shape": shape,
+            "layers": [{"type": kind, **hyper}, *head, {"type": "dense", "units": 3}],
+        },
+    }
+    cfg = config_from_dict(raw)
+    built = build_network(cfg).layers[0]
+    assert type(built) is type(LAYERS[kind].from_hyper(hyper))
+    assert built.hyper() == LAYERS[kind].from_hyper(hyper).hyper()
+    # the resolved config builds the same again
+    assert build_network(config_from_dict(cfg.resolved)).layers[0].hyper() == built.hyper()
+
+
+def test_the_json_schema_lists_every_kind() -> None:
+    doc = json_schema_document()
+    kinds = {
+        d["properties"]["type"]["const"] for name, d in doc["$defs"].items() if name.startswith("Layer_")
+    }
+    assert kinds == set(LAYERS)
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_checkpoint_records_and_rebuilds_the_kind(kind: str, hyper: dict, tmp_path: Path) -> None:
+    net = network(kind, hyper, np.float32)
+    x, y = inputs(net)
+    x = x.astype(np.float32)
+    probe = Trainer(net, SoftmaxCrossEntropy(), SGD(0.1), batch_size=3).probe(x, y)
+    path = write_checkpoint(
+        tmp_path / "0000.h5", run_name="kinds", epoch=0, step=0, seed=0, loss="softmax_cross_entropy",
+        config="", net=net, optimizer=SGD(0.1), probe_x=x, probe_y=y, probe_index=np.arange(3),
+        grads=probe.grads, deltas=probe.deltas, metrics={}, history={},
+        resume=ResumeRecord(0, 1, True, 0.0, 0, math.nan, ""),
+    )  # fmt: skip
+    ck = read_checkpoint(path)
+    assert ck.layers[0].type == kind
+    rebuilt = ck.network()
+    assert [type(l) for l in rebuilt.layers] == [type(l) for l in net.layers]
+    assert np.array_equal(rebuilt.forward(x), net.forward(x))
+    assert np.array_equal(ck.deltas["under_test"], probe.deltas["under_test"])
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_summary_and_the_checkers_facts(kind: str, hyper: dict) -> None:
+    net = network(kind, hyper)
+    info = net.summary()[0]
+    layer = net.layers[0]
+    assert info.kind == kind and kind in str(model_table(net.summary(), net.input_shape).columns[1]._cells)
+    if layer.elementwise:
+        assert info.output_shape == info.input_shape and not layer.params
+    if layer.window() is not None:
+        (kh, kw), (sh, sw), (ph, pw) = layer.window()
+        _, h, w = info.input_shape
+        assert info.output_shape[1:] == ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    assert set(layer.params) == set(layer.param_names)
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_gradcheck_passes_through_the_kind(kind: str, hyper: dict) -> None:
+    net = network(kind, hyper)
+    x, y = inputs(net)
+    result = gradcheck(net, SoftmaxCrossEntropy(), x, y, method="auto")
+    assert result.passed, [r for r in result.rows if r.status != "PASS"]
+    assert any(r.layer == "under_test" and r.tensor == "delta" for r in result.rows)
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_onnx_export_runs_like_the_engine(kind: str, hyper: dict) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from cnnbp.onnx_graph import to_onnx, verify_onnx
+
+    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-9)):
+        net = network(kind, hyper, dtype)
+        x, _ = inputs(net)
+        model = to_onnx(net, "softmax_cross_entropy")
+        assert verify_onnx(model, net, x.astype(dtype)) <= tol * max(1.0, float(np.abs(net.forward(x)).max()))
+
+
+@pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
+def test_the_torch_mirror_agrees(kind: str, hyper: dict) -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed (the torch extra)")
+    from cnnbp.core.gradcheck import relative_error
+    from cnnbp.torch_mirror import TorchMirror
+
+    net = network(kind, hyper)
+    x, y = inputs(net)
+    loss = SoftmaxCrossEntropy()
+    value = net.gradients(x, y, loss)
+    t_value, t_grads = TorchMirror(net, loss).gradients(x, y)
+    assert relative_error(value, t_value, 1e-300) <= 1e-10
+    for lname, group in net.grads().items():
+        for key, g in group.items():
+            scale = float(np.abs(t_grads[lname][key]).max())
+            assert float(relative_error(g, t_grads[lname][key], scale).max()) <= 1e-10, f"{lname}.{key}"

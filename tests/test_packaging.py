@@ -1,0 +1,69 @@
+"""The install layout: one import name, ``cnnbp``, for both folders; nothing installed as ``core``."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"cnnbp": ROOT / "cnnbp_cli", "cnnbp.core": ROOT / "core"}
+
+
+def packages_on_disk() -> set[str]:
+    """Every folder with an ``__init__.py`` under the two roots, by its import name."""
+    found = set()
+    for name, root in FOLDERS.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root).parts
+            if "__pycache__" not in rel:
+                found.add(".".join((name, *rel)))
+    return found
+
+
+def test_pyproject_lists_every_package_under_the_cnnbp_name() -> None:
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["package-dir"] == {"cnnbp": "cnnbp_cli", "cnnbp.core": "core"}
+    assert set(setup["packages"]) == packages_on_disk()
+    assert all(p == "cnnbp" or p.startswith("cnnbp.") for p in setup["packages"])
+
+
+def test_no_source_imports_the_folder_names() -> None:
+    """Code imports ``cnnbp...`` only: ``core`` and ``cnnbp_cli`` exist as import names nowhere."""
+    pattern = re.compile(r"^\s*(from|import)\s+(core|cnnbp_cli)(\.|\s|$)", re.M)
+    sources = [
+        p for root in (*FOLDERS.values(), ROOT / "tests", ROOT / "benchmarks") for p in root.rglob("*.py")
+    ]
+    offenders = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_cnnbp(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # a copy: a build writes build/ and *.egg-info beside the sources
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "runs", "build", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"
+        ),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {done.stderr.strip()[-200:]}")
+    (wheel,) = tmp_path.glob("cnnbp-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"cnnbp"}
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cnnbp/core/layers/conv.py" in names and "cnnbp/datasets/digits.npz" in names
+    assert "cnnbp/configs/digits.yaml" in names
