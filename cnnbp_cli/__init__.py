@@ -20,13 +20,7 @@ it has pinned the BLAS threads.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__: str = version("cnnbp")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.2.0"
 
 #: the library's names and the modules that define them (the engine's come from cnnbp.core)
 _NAMES = {
@@ -60,9 +54,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from cnnbp.runs import Run, load_run  # noqa: F401
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnnbp")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.2.0"
+
+
 def __getattr__(name: str) -> Any:
-    if name == "__all__":
-        value: Any = [*import_module("cnnbp.core").__all__, *_NAMES, "__version__"]
+    if name == "__version__":
+        value: Any = _version()
+    elif name == "__all__":
+        value = [*import_module("cnnbp.core").__all__, *_NAMES, "__version__"]
     elif name in _NAMES:
         value = getattr(import_module(_NAMES[name]), name)
     else:

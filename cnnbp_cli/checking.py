@@ -49,7 +49,7 @@ from cnnbp.errors import UserError
 from cnnbp.files import json_number
 from cnnbp.runner import load_initial_weights, n_outputs
 from cnnbp.runs import Run, is_checkpoint_target, resolve_checkpoint
-from cnnbp.yamlio import apply_override, load_yaml_text
+from cnnbp.yamlio import apply_override
 
 __all__ = ["SAMPLE_STREAM", "GradcheckReport", "Subject", "gradcheck", "resolve_network"]
 
@@ -180,12 +180,7 @@ def _from_config(target: Path | dict | None, sets: Sequence[str]) -> _Network:
 
 
 def _from_checkpoint(ck: Checkpoint, sets: Sequence[str]) -> _Network:
-    try:
-        raw = load_yaml_text(ck.config)
-    except Exception as e:  # noqa: BLE001 - any YAML problem of a stored config
-        raise UserError(f"{ck.path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{ck.path}: /config is not a config mapping")
+    raw = ck.config_dict()
     for text in sets:
         key = text.partition("=")[0].strip()
         if key != "data" and not key.startswith(("data.", "data[")):

@@ -151,6 +151,18 @@ class Checkpoint:
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
+    def config_dict(self) -> dict[str, Any]:
+        """``/config`` parsed: the run's resolved config; UserError naming the file when not a mapping."""
+        from cnnbp.yamlio import load_yaml_text
+
+        try:
+            config = load_yaml_text(self.config)
+        except Exception as e:  # noqa: BLE001 - any YAML problem of a stored config
+            raise UserError(f"{self.path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{self.path}: /config is not a config mapping")
+        return config
+
     def network(self) -> Sequential:
         """The network this checkpoint records, rebuilt from ``/model`` (each layer's kind and
         hyper-parameters) in the run's dtype, with its weights.  UserError naming the file when a
@@ -179,34 +191,9 @@ class Checkpoint:
 # ---- writing -----------------------------------------------------------------------------------------
 
 
-def write_checkpoint(
-    path: Path,
-    *,
-    run_name: str,
-    epoch: int,
-    step: int,
-    seed: int,
-    loss: str,
-    config: str,
-    net: Sequential,
-    optimizer: Optimizer,
-    probe_x: np.ndarray,
-    probe_y: np.ndarray,
-    probe_index: np.ndarray,
-    grads: Mapping[str, Mapping[str, np.ndarray]],
-    deltas: Mapping[str, np.ndarray],
-    metrics: Mapping[str, float],
-    history: Mapping[str, Sequence[float] | np.ndarray],
-    resume: ResumeRecord,
-    interrupted: bool = False,
-) -> Path:
-    """Write one checkpoint atomically and return its path (see :func:`checkpoint_bytes`)."""
-    data = checkpoint_bytes(
-        run_name=run_name, epoch=epoch, step=step, seed=seed, loss=loss, config=config, net=net,
-        optimizer=optimizer, probe_x=probe_x, probe_y=probe_y, probe_index=probe_index, grads=grads,
-        deltas=deltas, metrics=metrics, history=history, resume=resume, interrupted=interrupted,
-    )  # fmt: skip
-    return write_atomic(Path(path), data)
+def write_checkpoint(path: Path, **fields: Any) -> Path:
+    """Write one checkpoint atomically and return its path; ``fields`` are :func:`checkpoint_bytes`'s."""
+    return write_atomic(Path(path), checkpoint_bytes(**fields))
 
 
 def checkpoint_bytes(

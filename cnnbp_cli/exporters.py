@@ -15,7 +15,6 @@ from typing import Any, Literal
 import numpy as np
 
 from cnnbp.core.network import Sequential
-from cnnbp.files import write_atomic
 from cnnbp.onnx_graph import ExportError, first_line
 
 Params = dict[str, dict[str, np.ndarray]]
@@ -37,13 +36,8 @@ def to_npz_bytes(net: Sequential, config_yaml: str) -> bytes:
     return buf.getvalue()
 
 
-def save_npz(net: Sequential, config_yaml: str, path: Path) -> None:
-    """Write :func:`to_npz_bytes` to ``path`` (atomically: a temporary file, then a rename)."""
-    write_atomic(Path(path), to_npz_bytes(net, config_yaml))
-
-
 def load_npz(path: Path) -> tuple[Params, str]:
-    """``({layer: {param: array}}, config text)`` from an .npz written by :func:`save_npz`.
+    """``({layer: {param: array}}, config text)`` from an .npz written by :func:`to_npz_bytes`.
 
     A file without ``__config__`` gives an empty config text, so hand-made files work for init_from.
     """
@@ -99,13 +93,8 @@ def to_json_text(net: Sequential, config: Mapping[str, Any]) -> str:
     return '{\n  "config": ' + config_text + ',\n  "layers": [\n' + ",\n".join(rows) + "\n  ]\n}\n"
 
 
-def save_json(net: Sequential, config: Mapping[str, Any], path: Path) -> None:
-    """Write :func:`to_json_text` to ``path`` (UTF-8, atomically)."""
-    write_atomic(Path(path), to_json_text(net, config))
-
-
 def load_json(path: Path) -> tuple[Params, dict]:
-    """``({layer: {param: float64 array}}, config)`` from a file written by :func:`save_json`.
+    """``({layer: {param: float64 array}}, config)`` from a file written by :func:`to_json_text`.
 
     Layers without parameters are left out of the returned dict.
     """

@@ -33,7 +33,6 @@ from cnnbp.exporters import load_json, load_npz, to_json_text, to_npz_bytes
 from cnnbp.files import commit, json_number, staged
 from cnnbp.onnx_graph import INSTALL_HINT, ExportError, onnx_available, to_onnx, verify_onnx
 from cnnbp.runs import Run, find_checkpoints, resolve_checkpoint, run_folder
-from cnnbp.yamlio import load_yaml_text
 
 __all__ = ["FORMATS", "OPS", "ExportReport", "export", "onnx_tolerance"]
 
@@ -66,12 +65,7 @@ def load_source(target: Path | str | Run | Checkpoint, checkpoint: str | int | N
         ck = read_checkpoint(path)
     if ck.dtype not in TOLERANCE:
         raise UserError(f"{ck.path}: dtype {ck.dtype!r} cannot be exported (float32 or float64)")
-    try:
-        config = load_yaml_text(ck.config)
-    except Exception as e:  # noqa: BLE001 - any YAML problem of a stored config
-        raise UserError(f"{ck.path}: /config is not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{ck.path}: /config is not a config mapping")
+    config = ck.config_dict()
     return Source(Path(ck.path), ck, config, ck.network())
 
 

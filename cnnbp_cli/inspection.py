@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cnnbp.checkpoint import Checkpoint, LayerRecord, read_checkpoint
 from cnnbp.errors import UserError
@@ -33,7 +32,6 @@ from cnnbp.runs import (
     resolve_checkpoint,
     run_folder,
 )
-from cnnbp.yamlio import load_yaml_text
 
 __all__ = [
     "DELTA_NORM_CAPTION",
@@ -187,7 +185,7 @@ def delta_norm(d: np.ndarray) -> float:
 
 
 def array_stats(values: np.ndarray) -> dict[str, float]:
-    """min, max, mean and the L2 norm of an array, in float64 (NaN for an empty one; as ``termplot``'s)."""
+    """min, max, mean and the L2 norm ‖·‖ of an array, in float64 (NaN for an empty one)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         return {"min": math.nan, "max": math.nan, "mean": math.nan, "norm": math.nan}
@@ -298,10 +296,9 @@ def checkpoint_info(ck: Checkpoint) -> dict[str, Any]:
 def run_config(ck: Checkpoint) -> dict[str, Any]:
     """The checkpoint's resolved config as a dict (empty when it cannot be parsed)."""
     try:
-        cfg = load_yaml_text(ck.config)
-    except (yaml.YAMLError, ValueError):  # ValueError: a scalar YAML cannot build (a bad date)
+        return ck.config_dict()
+    except UserError:
         return {}
-    return cfg if isinstance(cfg, dict) else {}
 
 
 def dataset_text(cfg: dict[str, Any]) -> str:

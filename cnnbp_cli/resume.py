@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cnnbp.checkpoint import Checkpoint, read_checkpoint
 from cnnbp.config import config_from_dict
@@ -39,7 +38,6 @@ from cnnbp.core.trainer import EpochProgress
 from cnnbp.data import Dataset
 from cnnbp.errors import UserError
 from cnnbp.runs import CONFIG, METRIC_COLUMNS, find_checkpoints
-from cnnbp.yamlio import load_yaml_text
 
 #: config keys a resumed run may change without --force (the total number of epochs)
 FREE_KEYS = ("train.epochs",)
@@ -181,12 +179,7 @@ def check_config(ck: Checkpoint, current: dict, force: bool) -> list[str]:
     Both are compared as this cnnbp resolves them, so a key added since the checkpoint was written
     (``train.optimizer``, at its default) is no change.
     """
-    try:
-        saved = load_yaml_text(ck.config)
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        raise UserError(f"{ck.path}: damaged cnnbp checkpoint: /config is not a YAML mapping")
+    saved = ck.config_dict()
     try:
         saved = config_from_dict(saved, source=f"{ck.path}:/config").resolved
     except UserError:

@@ -337,12 +337,6 @@ class _Fit:
         return self.save(p.epoch, {}, interrupted=True, progress=p)
 
     # ---- epochs ---------------------------------------------------------------------------------------
-    def log_row(self, row: dict[str, float]) -> None:
-        self.log.append(row)
-        self.rows.append(row)
-        for c in self.callbacks:
-            c.on_epoch(row)
-
     def on_batch(self, i: int, nb: int, batch_loss: float) -> None:
         self.samples += min(self.cfg.train.batch_size, self.n - (i - 1) * self.cfg.train.batch_size)
         for c in self.callbacks:

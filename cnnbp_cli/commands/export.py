@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from cnnbp.commands import options
 from cnnbp.exporting import TOLERANCE, ExportReport
 from cnnbp.exporting import export as export_checkpoint
 from cnnbp.render.console import print_error, stdout_console
@@ -107,16 +108,7 @@ def export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=_OUTPUT_HELP, show_default=False)
     ] = None,
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            metavar="N",
-            help="Epoch of the run's checkpoint, or 'last'.",
-            show_default=False,
-        ),
-    ] = None,
+    checkpoint: options.Checkpoint = None,
     opset: Annotated[
         int | None,
         typer.Option("--opset", help="ONNX only: the opset version (default 17).", show_default=False),

@@ -17,15 +17,6 @@ Checkpoint = Annotated[
         show_default=False,
     ),
 ]
-Sets = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        metavar="KEY=VALUE",
-        help="Override a config value, VALUE read as YAML (repeatable).",
-        show_default=False,
-    ),
-]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 

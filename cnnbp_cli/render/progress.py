@@ -49,7 +49,6 @@ class LiveProgress(EpochLines):
         self.epoch_lines = epoch_lines
         self._progress: Progress | None = None
         self._task = 0
-        self._early: list[dict[str, float]] = []
 
     def on_start(self, info: StartInfo) -> None:
         self.epochs = epochs = info.epochs

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from rich.text import Text
 
+from cnnbp.inspection import array_stats
+
 SHADES = " ░▒▓█"  # |value| / scale in (0, ¼], (¼, ½], (½, ¾], (¾, 1]; blank for exactly 0
 ELLIPSIS = "…"
 _WHITE = (247, 247, 247)
@@ -78,19 +80,6 @@ def scalar(value: float | None, precision: int = 4) -> str:
     if math.isnan(v):
         return "nan"
     return format(v, f".{max(precision, 1)}g")
-
-
-def array_stats(values: np.ndarray) -> dict[str, float]:
-    """min, max, mean and the L2 norm ‖·‖ of an array (NaN for an empty one)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return {"min": math.nan, "max": math.nan, "mean": math.nan, "norm": math.nan}
-    return {
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "mean": float(arr.mean()),
-        "norm": float(np.sqrt(np.sum(arr * arr))),
-    }
 
 
 def stats_lines(

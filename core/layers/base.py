@@ -209,11 +209,6 @@ class Layer:
         return f"{type(self).__name__}({self.name!r}{', ' if args else ''}{args})"
 
 
-def pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    """An int (as a checked hyper-parameter of type ``Size``/``Padding`` keeps it) as an (h, w) pair."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
     """Raise ShapeError unless the per-sample ``input_shape`` has ``rank`` axes (``what`` says which)."""
     if len(input_shape) != rank:

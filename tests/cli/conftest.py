@@ -566,3 +566,19 @@ def assert_same_params(
         for key in a[lname]:
             x, y = a[lname][key].astype(dtype), b[lname][key].astype(dtype)
             assert x.tobytes() == y.tobytes(), f"{lname}/{key} differs"
+
+
+@pytest.fixture
+def npz_one_ulp_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cnnbp.export`` reads NPZ files back one ulp off in the first weight of conv1 (a bit-level miss)."""
+    from cnnbp import exporters
+
+    real = exporters.load_npz
+
+    def one_ulp_off(path: Path) -> tuple:
+        params, text = real(path)
+        w = params["conv1"]["W"]
+        w.flat[0] = np.nextafter(w.flat[0], np.inf)
+        return params, text
+
+    monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)

@@ -22,11 +22,10 @@ from cnnbp.exporters import (
     load_json,
     load_npz,
     params_file_kind,
-    save_json,
-    save_npz,
     to_json_text,
     to_npz_bytes,
 )
+from cnnbp.files import write_atomic
 from cnnbp.onnx_graph import ExportError
 from tests.cli.conftest import CONFIG_YAML, EXPORT_DTYPES, export_case
 
@@ -55,11 +54,11 @@ def test_file_round_trip_gives_identical_network(tmp_path: Path, case: str, fmt:
     path = tmp_path / f"params.{fmt}"
     config = {"model": {"input_shape": list(net.input_shape)}, "note": "β × Σ", "lr": 0.1}
     if fmt == "npz":
-        save_npz(net, CONFIG_YAML, path)
+        write_atomic(path, to_npz_bytes(net, CONFIG_YAML))
         params, text = load_npz(path)
         assert text == CONFIG_YAML
     else:
-        save_json(net, config, path)
+        write_atomic(path, to_json_text(net, config))
         params, loaded_config = load_json(path)
         assert loaded_config == config
     assert sorted(params) == sorted(net.parameters())
@@ -78,7 +77,7 @@ def test_file_round_trip_gives_identical_network(tmp_path: Path, case: str, fmt:
 def test_npz_is_plain_arrays(tmp_path: Path) -> None:
     net, _, _ = export_case("lenet_softmax", np.float32)
     path = tmp_path / "p.npz"
-    save_npz(net, CONFIG_YAML, path)
+    write_atomic(path, to_npz_bytes(net, CONFIG_YAML))
     with np.load(io.BytesIO(to_npz_bytes(net, CONFIG_YAML)), allow_pickle=False) as mem:
         assert str(mem["__config__"]) == CONFIG_YAML
     with np.load(path, allow_pickle=False) as npz:
@@ -93,7 +92,7 @@ def test_npz_is_plain_arrays(tmp_path: Path) -> None:
 def test_json_document_layout(tmp_path: Path) -> None:
     net, _, _ = export_case("conv_tied_stride_pad_pairs", np.float64)
     path = tmp_path / "p.json"
-    save_json(net, {"seed": 0}, path)
+    write_atomic(path, to_json_text(net, {"seed": 0}))
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["config"] == {"seed": 0}
     assert [(r["name"], r["type"]) for r in doc["layers"]] == [
@@ -136,9 +135,9 @@ def test_exported_files_get_the_usual_file_mode(tmp_path: Path, fmt: str) -> Non
     net = Sequential([Dense(2, name="d")], (3,)).build(np.random.default_rng(0), np.float64)
     path = tmp_path / f"m.{fmt}"
     if fmt == "npz":
-        save_npz(net, "seed: 0\n", path)
+        write_atomic(path, to_npz_bytes(net, "seed: 0\n"))
     else:
-        save_json(net, {"seed": 0}, path)
+        write_atomic(path, to_json_text(net, {"seed": 0}))
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -17,7 +17,6 @@ import pytest
 
 import cnnbp
 from cnnbp import __version__
-from cnnbp import exporters as exporters_mod
 from cnnbp.checkpoint import read_checkpoint
 from cnnbp.errors import UserError
 from cnnbp.exporting import ExportReport, onnx_tolerance
@@ -176,17 +175,8 @@ def test_verification_failure_reports_and_writes_nothing(
     assert _listing(run32) == ["checkpoints", "config.yaml", "metrics.csv"]
 
 
-def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, npz_one_ulp_off: None) -> None:
     """The NPZ check is bit for bit: a file whose reading moves one weight by one ulp is refused."""
-    real = exporters_mod.load_npz
-
-    def one_ulp_off(path: Path):  # noqa: ANN202
-        params, text = real(path)
-        w = params["conv1"]["W"]
-        w.flat[0] = np.nextafter(w.flat[0], np.inf)
-        return params, text
-
-    monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)
     report = cnnbp.export(run32, format="npz")
     assert not report.ok and not report.written
     assert 0 < report.max_abs_diff < 1e-6 and report.tolerance == 0.0

@@ -190,19 +190,8 @@ def test_verification_failure_exits_1_and_writes_nothing(
     assert sorted(p.name for p in run32.iterdir()) == ["checkpoints", "config.yaml", "metrics.csv"]
 
 
-def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, npz_one_ulp_off: None) -> None:
     """The NPZ check is bit for bit: a file whose reading moves one weight by one ulp is refused."""
-    from cnnbp import exporters as exporters_mod
-
-    real = exporters_mod.load_npz
-
-    def one_ulp_off(path: Path):  # noqa: ANN202
-        params, text = real(path)
-        w = params["conv1"]["W"]
-        w.flat[0] = np.nextafter(w.flat[0], np.inf)
-        return params, text
-
-    monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)
     result = invoke("export", run32, "-f", "npz")
     assert result.exit_code == 1
     assert "not bit-identical" in result.stdout and "FAILED" in result.stdout
