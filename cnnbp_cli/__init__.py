@@ -35,6 +35,9 @@ _NAMES = {
     "Diverged": "cnnbp.core.trainer",
     "UserError": "cnnbp.errors",
     "export": "cnnbp.exporting",
+    "check_layer": "cnnbp.layercheck",
+    "LayerCheckReport": "cnnbp.layercheck",
+    "load_plugin": "cnnbp.plugins",
     "Callback": "cnnbp.runner",
     "Interrupted": "cnnbp.runner",
     "Run": "cnnbp.runs",
@@ -50,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from cnnbp.core.trainer import Diverged  # noqa: F401
     from cnnbp.errors import UserError  # noqa: F401
     from cnnbp.exporting import export  # noqa: F401
+    from cnnbp.layercheck import LayerCheckReport, check_layer  # noqa: F401
+    from cnnbp.plugins import load_plugin  # noqa: F401
     from cnnbp.runner import Callback, Interrupted  # noqa: F401
     from cnnbp.runs import Run, load_run  # noqa: F401
 

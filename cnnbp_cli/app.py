@@ -24,7 +24,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from cnnbp import __version__  # noqa: E402
-from cnnbp.commands import bench, export, gradcheck, inspect, schema, train  # noqa: E402
+from cnnbp.commands import bench, check_layer, export, gradcheck, inspect, schema, train  # noqa: E402
 from cnnbp.errors import UserError  # noqa: E402
 from cnnbp.render.console import print_error  # noqa: E402
 
@@ -74,6 +74,7 @@ app.command("inspect")(inspect.inspect)
 app.command("export")(export.export)
 app.command("bench")(bench.bench)
 app.command("schema")(schema.schema)
+app.command("check-layer")(check_layer.check_layer_command)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from cnnbp.errors import UserError
 from cnnbp.torch_mirror import TORCH_HINT, TorchMirror, have_torch
 
 __all__ = [
+    "AGREE_FLOOR",
     "AGREE_TOL",
     "Agreement",
     "BenchResult",
@@ -54,6 +55,11 @@ __all__ = [
 
 #: engine vs PyTorch: the largest relative error allowed (loss and gradients), per dtype
 AGREE_TOL = {"float64": 1e-10, "float32": 1e-4}
+#: a gradient tensor is compared relative to at least this fraction of the largest gradient of its layer
+#: (see :func:`check_agreement`): the rounding noise of a layer's sums measured ≤ 20 ε times that
+#: largest gradient, which the floor keeps below AGREE_TOL (float64: 20 · 2.2e-16 / 1e-3 = 4.4e-12, 23×
+#: below; float32: 20 · 1.2e-7 / 0.1 = 2.4e-5, 4× below)
+AGREE_FLOOR = {"float64": 1e-3, "float32": 0.1}
 _THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _REEXEC_GUARD = "CNNBP_BENCH_REEXEC"
 
@@ -309,33 +315,46 @@ def alternate(fns: list[Callable[[], None]], steps: int, warmup: int) -> list[li
 # ---- agreement --------------------------------------------------------------------------------------
 
 
-def tensor_error(a: np.ndarray | float, b: np.ndarray | float) -> float:
-    """How far ``a`` is from the reference ``b``, as one number: ``max|a − b| / max|b|``.
+def tensor_error(a: np.ndarray | float, b: np.ndarray | float, floor: float = 0.0) -> float:
+    """How far ``a`` is from the reference ``b``, as one number: ``max|a − b| / max(max|b|, floor)``.
 
     This is the project's element error (``cnnbp.core.gradcheck.relative_error``) with the floor
-    ``max|b|``, so that elements far below the tensor's scale are compared against that scale; the
-    largest element error is ``max|a − b| / max|b|`` (to rounding: an |aᵢ| above ``max|b|`` divides
-    by itself).  0 when both are all zero; inf when either holds a NaN or an infinity.
+    ``max(max|b|, floor)``, so that elements far below the tensor's scale are compared against that
+    scale; the largest element error is ``max|a − b| / max(max|b|, floor)`` (to rounding: an |aᵢ|
+    above that divides by itself).  0 when both are all zero; inf when either holds a NaN or an
+    infinity.
     """
     a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if b64.size == 0:
         return 0.0
     if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
         return math.inf  # checked here: relative_error gives 0 where a NaN makes its denominator NaN
-    return float(np.max(relative_error(a64, b64, float(np.max(np.abs(b64))))))
+    return float(np.max(relative_error(a64, b64, max(float(np.max(np.abs(b64))), floor))))
 
 
 def check_agreement(
     net: Sequential, loss: Loss, mirror: TorchMirror, x: np.ndarray, y: np.ndarray
 ) -> Agreement:
-    """Loss and every parameter gradient of one batch, engine vs PyTorch, at the same weights."""
-    value = net.gradients(x, y, loss, input_grad=False)
+    """Loss and every parameter gradient of one batch, engine vs PyTorch, at the same weights.
+
+    Both sides compute deterministically, so that they can agree to rounding: the engine in its
+    ``probe`` phase (no dropout, batchnorm with the batch's statistics, nothing updated), PyTorch in
+    :meth:`TorchMirror.probe_mode` (train mode with its dropout modules in eval).
+
+    Each gradient is compared relative to its own largest value, but at least ``AGREE_FLOOR[dtype]``
+    times the largest gradient of its layer (PyTorch's values): a bias followed by a batchnorm has a
+    gradient of exactly 0, computed as a sum that cancels to rounding noise on both sides, and that
+    noise has the size of rounding in the layer's other sums, not of the tensor itself.
+    """
+    with net.in_phase("probe"):
+        value = net.gradients(x, y, loss, input_grad=False)
     t_value, t_grads = mirror.gradients(x, y)
-    errs = {
-        f"{lname}.{key}": tensor_error(g, t_grads[lname][key])
-        for lname, group in net.grads().items()
-        for key, g in group.items()
-    }
+    fraction = AGREE_FLOOR[net.dtype.name]
+    errs = {}
+    for lname, group in net.grads().items():
+        floor = fraction * max(float(np.max(np.abs(g), initial=0.0)) for g in t_grads[lname].values())
+        for key, g in group.items():
+            errs[f"{lname}.{key}"] = tensor_error(g, t_grads[lname][key], floor)
     return Agreement(tensor_error(value, t_value), errs, AGREE_TOL[net.dtype.name])
 
 
@@ -370,8 +389,10 @@ def run_bench(
         mirror = TorchMirror(net, loss)  # same initial weights
         agreement = check_agreement(net, loss, mirror, x, y)
 
-    # time the engine and torch from the same weights: keep a copy, restore it before profiling
+    # time the engine and torch from the same weights: keep a copy, restore it before profiling; the
+    # buffers too (training steps move batchnorm's running statistics)
     start = {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
+    start_state = {l: {k: v.copy() for k, v in g.items()} for l, g in net.state().items()}
     opt_start = optimizer.state_dict()
     fns = [engine_step(net, loss, optimizer, x, y)]
     if mirror is not None:
@@ -383,9 +404,11 @@ def run_bench(
         torch_timing = Timing.of(times[1], batch)
         ratio = engine.median_ms / torch_timing.median_ms
     net.set_parameters(start)
+    net.set_state(start_state)
     optimizer.load_state_dict(opt_start)
     layers, other = profile_layers(net, loss, optimizer, x, y, max(3, min(steps, 50)))
     net.set_parameters(start)
+    net.set_state(start_state)
     optimizer.load_state_dict(opt_start)
     return BenchResult(
         config=name,

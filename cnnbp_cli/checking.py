@@ -180,6 +180,7 @@ def _from_config(target: Path | dict | None, sets: Sequence[str]) -> _Network:
 
 
 def _from_checkpoint(ck: Checkpoint, sets: Sequence[str]) -> _Network:
+    net = ck.network()  # first: it loads (and checks) the plugins the run recorded
     raw = ck.config_dict()
     for text in sets:
         key = text.partition("=")[0].strip()
@@ -191,7 +192,7 @@ def _from_checkpoint(ck: Checkpoint, sets: Sequence[str]) -> _Network:
     except UserError as e:
         raise UserError(f"{ck.path}: its /config does not validate ({e})") from None
     weights = f"run {ck.run_name}, epoch {ck.epoch}, {ck.dtype}"
-    return _Network(cfg, ck.network(), "checkpoint", str(ck.path), weights, ck)
+    return _Network(cfg, net, "checkpoint", str(ck.path), weights, ck)
 
 
 # ---- the inputs -------------------------------------------------------------------------------------
@@ -274,12 +275,16 @@ def check_layers(net: Sequential, layers: Sequence[str] | None) -> list[str] | N
     return list(dict.fromkeys(layers))
 
 
-def refuse_complex(net: Sequential, loss: Loss) -> None:
-    """UserError naming what is not holomorphic, for ``method="complex"``."""
-    bad = non_analytic_layers(net, loss)
+def refuse_complex(net: Sequential, bad: Sequence[str]) -> None:
+    """UserError naming the layers complex-step cannot go through (``non_analytic_layers``), for
+    ``method="complex"``."""
     if bad:
-        kinds = {layer.name: type(layer).__name__ for layer in net.layers}
-        named = ", ".join(f"{b} ({kinds[b]})" if b in kinds else b for b in bad)
+        layers = {layer.name: layer for layer in net.layers}
+        named = ", ".join(
+            b if b not in layers else f"{b} ({type(layers[b]).__name__})" if not layers[b].analytic
+            else f"{b} ({type(layers[b]).__name__}: its forward takes no complex numbers)"
+            for b in bad
+        )  # fmt: skip
         raise UserError(
             f"--method complex: needs every layer to be analytic, and these are not: {named}; "
             "use --method auto (complex where possible, else central), central or richardson"
@@ -307,15 +312,16 @@ def prepare(
     found = resolve_network(target, checkpoint, overrides)
     loss = build_loss(found.cfg)
     selected = check_layers(found.net, layers)
-    if method == "complex":
-        refuse_complex(found.net, loss)
     draw_seed = found.cfg.seed if seed is None else seed
     rng = np.random.default_rng([draw_seed, SAMPLE_STREAM])
     x, y, inputs, inputs_text, index = choose_inputs(found, samples, rng, draw_seed)
+    bad = non_analytic_layers(found.net, loss, x) if method in ("auto", "complex") else []
+    if method == "complex":
+        refuse_complex(found.net, bad)
     subject = Subject(
         net=found.net, loss=loss, x=x, y=y, kind=found.kind, target=found.target, weights=found.weights,
         inputs=inputs, inputs_text=inputs_text, sample_indices=index, requested_method=method,
-        non_analytic=non_analytic_layers(found.net, loss),
+        non_analytic=bad,
         epoch=found.ck.epoch if found.ck is not None else None,
     )  # fmt: skip
     return subject, selected, rng

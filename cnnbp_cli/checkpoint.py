@@ -13,6 +13,8 @@ The one checkpoint writer and reader.  A file stands on its own (format 2):
 /model/<layer>            attrs: type (the layer kind), input_shape, output_shape, and the layer's
                           hyper-parameters (its constructor's arguments): enough to rebuild it
 /weights/<layer>/<param>  parameters of every parametric layer
+/state/<layer>/<buffer>   non-trainable buffers (batchnorm's running_mean, running_var); absent when the
+                          network has none
 /grads/<layer>/<param>    gradient of the probe batch's mean loss at these weights
 /deltas/<layer>           (n_probe, *output_shape): per-sample ∂L_x/∂(layer output), for EVERY layer
 /probe/x, /probe/y        the probe samples and their targets (class indices or target vectors)
@@ -146,6 +148,7 @@ class Checkpoint:
     optimizer: OptimizerRecord
     history: dict[str, np.ndarray]
     resume: ResumeRecord
+    state: Params = field(default_factory=dict)  # non-trainable buffers, {layer: {buffer: array}}
 
     @property
     def layer_names(self) -> list[str]:
@@ -165,8 +168,13 @@ class Checkpoint:
 
     def network(self) -> Sequential:
         """The network this checkpoint records, rebuilt from ``/model`` (each layer's kind and
-        hyper-parameters) in the run's dtype, with its weights.  UserError naming the file when a
-        layer kind is unknown here (a user's layer whose plugin is not loaded) or does not rebuild."""
+        hyper-parameters) in the run's dtype, with its weights.  The plugins the run recorded are loaded
+        first (and refused when missing or changed).  UserError naming the file when a layer kind is
+        unknown here or does not rebuild."""
+        from cnnbp.plugins import load_recorded
+
+        if self.config.strip():  # a checkpoint written without a config holds built-in layers only
+            load_recorded(self.config_dict().get("plugins"))
         try:
             layers = [LAYERS[r.type].from_hyper(r.hyper, name=r.name) for r in self.layers]
         except KeyError as e:
@@ -180,8 +188,9 @@ class Checkpoint:
         net.build(np.random.default_rng(0), np.dtype(self.dtype))  # the values are replaced below
         try:
             net.set_parameters(self.weights)
+            net.set_state(self.state)
         except ParameterError as e:
-            raise UserError(f"{self.path}: /weights: {e}") from None
+            raise UserError(f"{self.path}: /weights or /state: {e}") from None
         return net
 
     def __repr__(self) -> str:
@@ -228,6 +237,8 @@ def checkpoint_bytes(
         f.create_dataset("config", data=config, dtype=h5py.string_dtype())
         _write_model(f.create_group("model"), net)
         _write_params(f.create_group("weights"), net.parameters(), dtype)
+        if net.state():
+            _write_params(f.create_group("state"), net.state(), dtype)
         _write_params(f.create_group("grads"), grads, dtype)
         dg = f.create_group("deltas")
         for name, d in deltas.items():
@@ -441,6 +452,7 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
         optimizer=_read_optimizer(need("optimizer"), names, version),
         history={k: v[()] for k, v in need("metrics").items()},
         resume=_read_resume(need("resume")),
+        state=_read_params(f["state"], names) if "state" in f else {},
     )
 
 

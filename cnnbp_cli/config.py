@@ -20,14 +20,14 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 from pydantic import ValidationError
 
-from cnnbp.config_schema import MAX_NAME, MAX_SEED, first_error, schema_model, show
+from cnnbp.config_schema import MAX_NAME, MAX_SEED, WEIGHT, first_error, parametric, schema_model, show
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import hyper_params
 from cnnbp.core.init import SCHEMES, Constant, Explicit, Initializer
@@ -38,6 +38,7 @@ from cnnbp.core.optim import OPTIMIZERS, Optimizer
 from cnnbp.core.registry import LAYERS
 from cnnbp.data import PATH_SOURCES, DataSpec
 from cnnbp.errors import UserError
+from cnnbp.plugins import load_plugins, plugin_specs
 from cnnbp.yamlio import absolute, apply_override, dump_yaml, read_yaml, unshare
 
 __all__ = [
@@ -155,6 +156,7 @@ def load_config(
     name: str | None = None,
     epochs: int | None = None,
     seed: int | None = None,
+    plugins: Sequence[str] = (),
 ) -> RunConfig:
     """Read a YAML config (``None``: the packaged default), apply overrides and flags, validate.
 
@@ -177,21 +179,27 @@ def load_config(
         if not isinstance(train, dict):
             _fail("train", f"expected a mapping of keys, got {show(train)}")
         train["epochs"] = epochs
-    return config_from_dict(raw, source=str(path), base_dir=path.parent)
+    return config_from_dict(raw, source=str(path), base_dir=path.parent, plugins=plugins)
 
 
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def config_from_dict(raw: Any, *, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
+def config_from_dict(
+    raw: Any, *, source: str = "<config>", base_dir: Path | None = None, plugins: Sequence[str] = ()
+) -> RunConfig:
     """Validate a raw config dict, fill in defaults and check the model's shapes.
 
     ``source`` names the config in messages about the whole document and gives the default name (its
-    file stem); ``base_dir`` is the folder relative paths resolve against.  Raises UserError.
+    file stem); ``base_dir`` is the folder relative paths resolve against.  The plugins the config
+    names (``plugins:``, relative to ``base_dir``) and ``plugins`` (``--plugin``, relative to the
+    current folder) are loaded first, so their layers can be used.  Raises UserError.
     The memory budget is not checked here (it depends on the machine): see :func:`check_model`.
     """
     if not isinstance(raw, dict):
         _fail(source, f"the top level must be a mapping (name, data, model, ...), got {show(raw)}")
+    loaded = load_plugins(plugin_specs(raw.get("plugins")), base_dir)
+    loaded += [p for p in load_plugins((spec, None) for spec in plugins) if p not in loaded]
     try:
         valid = schema_model().model_validate(raw)
     except ValidationError as e:
@@ -207,6 +215,7 @@ def config_from_dict(raw: Any, *, source: str = "<config>", base_dir: Path | Non
     train, train_raw = _train(valid.train)
     record = RecordSpec(probe=valid.record.probe, every=valid.record.every)
     resolved = {
+        **({"plugins": [p.record() for p in loaded]} if loaded else {}),
         "name": name,
         "seed": valid.seed,
         "dtype": valid.dtype,
@@ -279,25 +288,33 @@ def _plain(value: Any) -> Any:
 def _model(m: Any, base_dir: Path | None) -> tuple[ModelSpec, dict]:
     init_from = absolute(m.init_from, base_dir) if m.init_from is not None else None
     entries = m.layers
-    specs: list[LayerSpec] = []
+    made: list[tuple[LayerSpec, Layer, Any, str | None]] = []
     owners: dict[str, str] = {}  # core layer name → the entry that made it, for duplicate messages
     for i, entry in enumerate(entries):
         following = _following_kind(entry, entries[i + 1] if i + 1 < len(entries) else None)
-        spec = _layer(entry, i, following)
-        made = [spec.name] + ([f"{spec.name}.{spec.activation}"] if spec.activation else [])
-        given = entry.name is not None
-        for core_name in made:
-            if core_name in owners:
-                where = f"{spec.path}.name" if given else spec.path
-                what = "name" if given else "default name"
-                hint = "" if given else "; give this layer a name"
-                _fail(where, f"{what} {core_name!r} is already used by {owners[core_name]}{hint}")
-            owners[core_name] = spec.path + (" (its activation)" if core_name != spec.name else "")
-        specs.append(spec)
-    model = ModelSpec(input_shape=m.input_shape, layers=tuple(specs), init_from=init_from)
+        spec, layer = _layer(entry, i)
+        _claim_names(spec, entry.name is not None, owners)
+        made.append((spec, layer, entry, following))
+    shapes = _param_shapes(m.input_shape, made)
+    specs = tuple(
+        _with_init(spec, layer, entry, following, shapes[spec.name]) for spec, layer, entry, following in made
+    )
+    model = ModelSpec(input_shape=m.input_shape, layers=specs, init_from=init_from)
     resolved = {"input_shape": list(m.input_shape), "init_from": init_from,
                 "layers": [_resolved_layer(s) for s in specs]}  # fmt: skip
     return model, resolved
+
+
+def _claim_names(spec: LayerSpec, given: bool, owners: dict[str, str]) -> None:
+    """Record the core layer names an entry makes; a name used twice is an error naming both entries."""
+    made = [spec.name] + ([f"{spec.name}.{spec.activation}"] if spec.activation else [])
+    for core_name in made:
+        if core_name in owners:
+            where = f"{spec.path}.name" if given else spec.path
+            what = "name" if given else "default name"
+            hint = "" if given else "; give this layer a name"
+            _fail(where, f"{what} {core_name!r} is already used by {owners[core_name]}{hint}")
+        owners[core_name] = spec.path + (" (its activation)" if core_name != spec.name else "")
 
 
 def _following_kind(entry: Any, nxt: Any) -> str | None:
@@ -308,8 +325,9 @@ def _following_kind(entry: Any, nxt: Any) -> str | None:
     return nxt.type if nxt is not None else None
 
 
-def _layer(entry: Any, i: int, following: str | None) -> LayerSpec:
-    """One layer entry: its hyper-parameters resolved by the class, its name and initialisers."""
+def _layer(entry: Any, i: int) -> tuple[LayerSpec, Layer]:
+    """One layer entry (initialisers not yet resolved) and its core layer: the hyper-parameters as the
+    class resolves them, its name."""
     path = f"model.layers[{i}]"
     kind = entry.type
     cls = LAYERS[kind]
@@ -320,16 +338,58 @@ def _layer(entry: Any, i: int, following: str | None) -> LayerSpec:
     built = layer.hyper()
     hyper = {k: (built.get(k) if v is None else _plain(v)) for k, v in given.items()}
     hyper = {k: v for k, v in hyper.items() if v is not None}
-    init: dict[str, Any] = {}
-    if cls.param_names:
-        defaults = {k: _init_spec(v) for k, v in layer.default_init().items()}
-        before = LAYERS[following].init_before if following in LAYERS else None
-        if before is not None:
-            defaults[cls.param_names[0]] = before
-        given_init = entry.init or {}
-        init = {p: given_init.get(p, defaults.get(p, "zeros")) for p in cls.param_names}
     activation = getattr(entry, "activation", None)
-    return LayerSpec(type=kind, name=name, hyper=hyper, activation=activation, init=init, path=path)
+    return LayerSpec(type=kind, name=name, hyper=hyper, activation=activation, path=path), layer
+
+
+def _param_shapes(input_shape: tuple[int, ...], made: list) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Each entry's parameter shapes, by shape inference through the core layers (a user's layer names
+    its parameters only there); ShapeError → UserError at the entry's key path."""
+    layers: list[Layer] = []
+    path_of: dict[str, str] = {}
+    for spec, layer, _, _ in made:
+        layers.append(layer)
+        path_of[layer.name] = spec.path
+        if spec.activation:
+            act = LAYERS[spec.activation](name=f"{spec.name}.{spec.activation}")
+            layers.append(act)
+            path_of[act.name] = spec.path
+    try:
+        infos = Sequential(layers, input_shape).summary()
+    except ShapeError as e:
+        place = "model.input_shape" if e.layer == "input" else path_of.get(e.layer, "model.layers")
+        raise UserError(f"{place}: {e.detail}") from e
+    except Exception as e:  # noqa: BLE001 - a user's layer may raise anything from output_shape
+        raise UserError(f"model.layers: shape inference failed ({type(e).__name__}: {e})") from None
+    return {info.name: info.param_shapes for info in infos}
+
+
+def _with_init(spec: LayerSpec, layer: Layer, entry: Any, following: str | None,
+               shapes: dict[str, tuple[int, ...]]) -> LayerSpec:  # fmt: skip
+    """``spec`` with every parameter's initialiser: the entry's ``init`` (a bare scheme is for the
+    weight, the first parameter), else the class's default, the weight following the next layer's
+    ``init_before`` (he_normal before a relu)."""
+    names = list(shapes)
+    given = dict(getattr(entry, "init", None) or {})
+    if WEIGHT in given:
+        if not names:
+            _fail(f"{spec.path}.init", f"a {spec.type} layer has no parameters to initialise")
+        given[names[0]] = given.pop(WEIGHT)
+    for key in given:
+        if key not in names:
+            allowed = ", ".join(names) or "none"
+            _fail(
+                f"{spec.path}.init.{key}", f"unknown key for a {spec.type} layer's init (allowed: {allowed})"
+            )
+    defaults = {k: _init_spec(v) for k, v in layer.default_init().items()}
+    if names and not defaults:
+        defaults = {names[0]: "glorot_uniform"}
+    before = LAYERS[following].init_before if following in LAYERS else None
+    # a weight that starts at a constant (batchnorm's γ = 1) is no random draw to adapt to the relu
+    if names and before is not None and not isinstance(layer.default_init().get(names[0]), Constant):
+        defaults[names[0]] = before
+    init = {p: given.get(p, defaults.get(p, "zeros")) for p in names}
+    return replace(spec, init=init)
 
 
 def _make(cls: type[Layer], hyper: Mapping[str, Any], name: str, path: str) -> Layer:
@@ -338,11 +398,15 @@ def _make(cls: type[Layer], hyper: Mapping[str, Any], name: str, path: str) -> L
         return cls.from_hyper({k: v for k, v in hyper.items() if v is not None}, name=name)
     except ShapeError as e:
         _fail(f"{path}.{e.key}" if e.key else path, e.detail)
+    except Exception as e:  # noqa: BLE001 - a user's layer may raise anything from its constructor
+        _fail(
+            path, f"the {cls.kind} layer's constructor raised {type(e).__name__}: {' '.join(str(e).split())}"
+        )
 
 
 def _resolved_layer(spec: LayerSpec) -> dict[str, Any]:
     resolved: dict[str, Any] = {"type": spec.type, "name": spec.name, **spec.hyper}
-    if LAYERS[spec.type].param_names:
+    if parametric(LAYERS[spec.type]):
         resolved["activation"] = spec.activation
         resolved["init"] = {k: unshare(v, spec.path) for k, v in spec.init.items()}
     return resolved

@@ -278,6 +278,23 @@ def check_input_shape(value: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in value)
 
 
+def check_plugins(value: Any) -> list:
+    """``plugins``: paths of plugin files (or module names); a run's resolved config holds
+    ``{path, sha256}`` records.  (They are loaded before the rest is validated: see cnnbp.config.)"""
+    if not isinstance(value, list):
+        raise problem(f"expected a list of plugin files, got {show(value)}")
+    return value
+
+
+_RECORD = {"type": "object", "properties": {"path": {"type": "string"}, "sha256": {"type": "string"}},
+           "required": ["path", "sha256"], "additionalProperties": False}  # fmt: skip
+Plugins = Custom(
+    check_plugins,
+    {"type": "array", "items": {"anyOf": [{"type": "string", "minLength": 1}, _RECORD]},
+     "description": "Python files (or modules) defining your own layers; relative to this file"},
+    nullable=True,
+)  # fmt: skip
+
 InputShape = Custom(
     check_input_shape,
     {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 3,
@@ -326,15 +343,27 @@ def _check_leaves(value: Any, key: str | None) -> None:
             raise problem(f"explicit values must be finite numbers, found {show(v)}", key)
 
 
+#: the key ``init`` of a bare scheme stands under until the layer's parameters are known (its weight)
+WEIGHT = "*"
+
+
+def parametric(cls: type) -> bool:
+    """Whether a layer class has parameters: it names them, or computes their shapes."""
+    from cnnbp.core.layers.base import Layer
+
+    return bool(cls.param_names) or cls.param_shapes is not Layer.param_shapes
+
+
 def init_field(kind: str, params: tuple[str, ...]) -> Any:
-    """The ``init`` key of a parametric layer: a scheme for the weight, or a mapping per parameter."""
+    """The ``init`` key of a parametric layer: a scheme for the weight, or a mapping per parameter
+    (``params`` empty: a user's layer that names its parameters only in ``param_shapes``)."""
 
     def check(value: Any) -> dict[str, Any]:
         if isinstance(value, str):
-            return {params[0]: init_value(value)}
+            return {WEIGHT: init_value(value)}
         if isinstance(value, dict):
             for key in value:
-                if key not in params:
+                if params and key not in params:
                     guess = suggest(key, params)
                     words = (
                         f"unknown key (did you mean {guess!r}?)"
@@ -343,9 +372,10 @@ def init_field(kind: str, params: tuple[str, ...]) -> Any:
                     )
                     raise problem(words, str(key))
             return {k: init_value(v, k) for k, v in value.items()}
+        keys = ", ".join(params) or "parameters"
         raise problem(
-            f"expected a scheme ({', '.join(SCHEMES)}) or a mapping of {', '.join(params)} to a scheme, "
-            f"a number or nested lists, got {show(value)}"
+            f"expected a scheme ({', '.join(SCHEMES)}) or a mapping of {keys} to a scheme, a number or "
+            f"nested lists, got {show(value)}"
         )
 
     per_param = {
@@ -386,7 +416,7 @@ def layer_model(kind: str) -> type[Section]:
         fields[p.name] = (Value(p.annotation), default)
         if p.required:
             required[p.name] = f" for a {kind} layer ({describe(p.annotation)})"
-    if cls.param_names:
+    if parametric(cls):
         acts = activation_kinds()
         fields["activation"] = (
             Value(Literal[acts] | None, "adds the activation as its own layer <name>.<activation>"),
@@ -520,6 +550,7 @@ def _schema(kinds: tuple[str, ...]) -> type[Section]:
     top = create_model(
         "Config",
         __base__=Section,
+        plugins=(Plugins, None),
         name=(Name, None),
         seed=(Value(NonNegInt, "every random choice of the run derives from it"), 0),
         dtype=(Value(Literal[DTYPES], "of data, weights, gradients and checkpoints"), "float32"),

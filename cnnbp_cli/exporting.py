@@ -11,8 +11,11 @@ run recorded none) through the exported file and through the engine:
 * ONNX: onnxruntime (CPU) against ``net.forward`` (and its softmax for ``probabilities``); the
   maximum absolute difference must be ≤ 1e-5 for float32, ≤ 1e-9 for float64, times the largest
   engine output magnitude when that exceeds 1 (see :func:`onnx_tolerance`).
-* NPZ / JSON: the file is read back into a fresh network, whose parameters and forward pass must be
-  bit-for-bit those of the engine.
+* NPZ / JSON: the file is read back into a fresh network, whose parameters, buffers (batchnorm's
+  running statistics) and forward pass must be bit-for-bit those of the engine.
+
+Every forward pass here is in the ``eval`` phase, the inference an export is for: no dropout, batchnorm
+with its running statistics (and none of them moved by the check).
 """
 
 from __future__ import annotations
@@ -134,28 +137,37 @@ def verification_inputs(src: Source) -> tuple[np.ndarray, str]:
 def verify_params_file(src: Source, fmt: str, file: Path, x: np.ndarray) -> tuple[bool, float]:
     """Read ``file`` back into a fresh network and compare it with the engine's.
 
-    Returns (bit-identical, max |diff|) over every parameter and the forward pass on ``x``;
-    a changed dtype or shape counts as an infinite difference.
+    Returns (bit-identical, max |diff|) over every parameter, every buffer and the forward pass on
+    ``x`` (``eval`` phase); a changed dtype or shape, or a NaN where the engine has a number, counts as
+    an infinite difference.  A buffer the file leaves out is a UserError, as a parameter is.
     """
-    params = load_npz(file)[0] if fmt == "npz" else load_json(file)[0]
+    loaded = load_npz(file) if fmt == "npz" else load_json(file)
     fresh = src.ck.network()  # the same architecture and dtype, a network of its own
+    # the fresh network comes with the checkpoint's values: NaN them, so only what the file sets can match
+    for group in (*fresh.parameters().values(), *fresh.state().values()):
+        for value in group.values():
+            value.fill(np.nan)
     try:
-        fresh.set_parameters(params)
+        fresh.set_parameters(loaded.params)
+        fresh.set_state(loaded.state)
     except ParameterError as e:
         raise UserError(f"{file}: {e}") from None
     pairs = [
-        (fresh.layer(lname).params[key], value)
-        for lname, group in src.net.parameters().items()
+        (getattr(fresh.layer(lname), kind)[key], value)
+        for kind, groups in (("params", src.net.parameters()), ("state", src.net.state()))
+        for lname, group in groups.items()
         for key, value in group.items()
     ]
-    pairs.append((fresh.forward(x), src.net.forward(x)))
+    with fresh.in_phase("eval"), src.net.in_phase("eval"):
+        pairs.append((fresh.forward(x), src.net.forward(x)))
     exact, worst = True, 0.0
     for got, want in pairs:
         if got.dtype != want.dtype or got.shape != want.shape:
             return False, math.inf
         if got.tobytes() != want.tobytes():  # bits, so −0.0 against 0.0 is a difference too
             exact = False
-            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))))
+            diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+            worst = max(worst, diff if math.isfinite(diff) else math.inf)  # max() would drop a NaN
     return exact, worst
 
 
@@ -280,7 +292,9 @@ def _verify(src: Source, fmt: str, file: Path, report: ExportReport) -> None:
     x, kind = verification_inputs(src)
     if fmt == "onnx":
         diff = verify_onnx_file(src, file, x)
-        report.tolerance, report.output_scale = onnx_tolerance(src.ck.dtype, src.net.forward(x))
+        with src.net.in_phase("eval"):  # the outputs verify_onnx compared: inference, nothing updated
+            outputs = src.net.forward(x)
+        report.tolerance, report.output_scale = onnx_tolerance(src.ck.dtype, outputs)
         report.ok = diff <= report.tolerance
     else:
         exact, diff = verify_params_file(src, fmt, file, x)

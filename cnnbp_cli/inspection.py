@@ -301,6 +301,14 @@ def run_config(ck: Checkpoint) -> dict[str, Any]:
         return {}
 
 
+def plugin_records(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """The plugins (users' layers) the run used, as its config records them: ``{path, sha256}``."""
+    value = cfg.get("plugins")
+    if not isinstance(value, list):
+        return []
+    return [p for p in value if isinstance(p, dict) and isinstance(p.get("path"), str)]
+
+
 def dataset_text(cfg: dict[str, Any]) -> str:
     """The data source of a run from its config: ``digits``, ``idx · data/mnist · limit 3000``, …"""
     data = cfg.get("data")
@@ -354,6 +362,7 @@ def summary_data(
             "name": ck.run_name,
             "folder": str(run_dir) if run_dir is not None else None,
             "dataset": dataset_text(cfg),
+            "plugins": plugin_records(cfg),
             "dtype": ck.dtype,
             "loss": ck.loss,
             "epochs": int(epochs.max()) if epochs.size else ck.epoch,

@@ -256,7 +256,10 @@ def _emit_layers(g: Graph, net: Sequential, infos: list[LayerInfo], final: str) 
         try:
             layer.to_onnx(g, x, out, info)
         except NotImplementedError:
-            raise ExportError(f"{layer.name}: layer type {layer.kind!r} has no ONNX mapping") from None
+            raise ExportError(
+                f"{layer.name}: layer type {layer.kind!r} has no ONNX mapping (its class can give one with "
+                "to_onnx or onnx_op; NPZ and JSON export need none)"
+            ) from None
         except ValueError as e:  # a mapping that cannot express these hyper-parameters
             raise ExportError(f"{layer.name}: {e}") from None
         if not last:
@@ -304,11 +307,13 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 def verify_onnx(model: onnx.ModelProto, net: Sequential, x: np.ndarray) -> float:
     """Max |ONNX − engine| over the main outputs for input ``x`` (cast to the network's dtype).
 
-    ``output`` is compared with ``net.forward(x)``; for a softmax model ``logits`` with the forward
+    ``output`` is compared with ``net.forward(x)`` in the ``eval`` phase (the exported inference
+    form: no dropout, batchnorm's running statistics); for a softmax model ``logits`` with the forward
     output and ``probabilities`` with its softmax.
     """
     x = np.asarray(x, dtype=param_dtype(net))
-    ref = net.forward(x)
+    with net.in_phase("eval"):
+        ref = net.forward(x)
     got = run_onnx(model, x)
     if "logits" in got:
         pairs = [(got["logits"], ref), (got["probabilities"], SoftmaxCrossEntropy.probabilities(ref))]

@@ -21,6 +21,7 @@ nothing written for the failing epoch.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -42,7 +43,7 @@ from cnnbp.config import (
     dump_config,
     load_config,
 )
-from cnnbp.core.errors import ParameterError
+from cnnbp.core.errors import ParameterError, ShapeError
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.core.optim import Optimizer
@@ -51,7 +52,8 @@ from cnnbp.data import Dataset, load_dataset
 from cnnbp.errors import UserError
 from cnnbp.exporters import load_json, load_npz, params_file_kind
 from cnnbp.files import write_atomic
-from cnnbp.resume import (
+from cnnbp.plugins import check_api
+from cnnbp.resuming import (
     StartState,
     check_config,
     data_fingerprint,
@@ -76,6 +78,25 @@ from cnnbp.runs import (
 PROBE_STREAM = int.from_bytes(b"probe", "big")  # 0x70726f6265
 #: the exit code of a run stopped by a signal: 128 + the signal number, as a shell reports it
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def check_smallest_batch(net: Sequential, n_train: int, batch_size: int) -> None:
+    """UserError, before anything is written, when a layer that couples the samples of a batch cannot
+    train on the smallest batch an epoch has (batchnorm on a last batch of one vector)."""
+    if not any(layer.couples_batch for layer in net.layers) or n_train < 1:
+        return
+    smallest = min(batch_size, n_train, n_train % batch_size or batch_size)
+    trial = copy.deepcopy(net)  # a training forward pass moves running statistics: not on the real one
+    trial.set_rng(np.random.default_rng(0))
+    try:
+        with trial.in_phase("train"):
+            trial.forward(np.zeros((smallest, *net.input_shape), dtype=net.dtype))
+    except ShapeError as e:
+        which = "each batch has" if smallest == batch_size else "the last batch of each epoch has"
+        raise UserError(
+            f"train.batch_size: {which} {smallest} sample{'s' * (smallest != 1)} ({n_train} training "
+            f"samples in batches of {batch_size}), and layer {e}; choose another batch size"
+        ) from None
 
 
 def batches_per_epoch(n_train: int, batch_size: int) -> int:
@@ -460,13 +481,15 @@ class Session:
     _locks: ExitStack | None = None
 
     @classmethod
-    def new(cls, config: Path | dict | None = None, overrides: Sequence[str] = (), *, name: str | None = None,
-            epochs: int | None = None, seed: int | None = None) -> Session:  # fmt: skip
+    def new(
+        cls, config: Path | dict | None = None, overrides: Sequence[str] = (), *, name: str | None = None,
+        epochs: int | None = None, seed: int | None = None, plugins: Sequence[str] = (),
+    ) -> Session:  # fmt: skip
         """A new run of ``config`` (a YAML path, a dict in the config format, or None: the default)."""
         if isinstance(config, dict):
-            cfg = _config_of_dict(config, overrides, name=name, epochs=epochs, seed=seed)
+            cfg = _config_of_dict(config, overrides, name=name, epochs=epochs, seed=seed, plugins=plugins)
         else:
-            cfg = load_config(config, list(overrides), name=name, epochs=epochs, seed=seed)
+            cfg = load_config(config, list(overrides), name=name, epochs=epochs, seed=seed, plugins=plugins)
         session = cls._build(cfg)
         if cfg.model.init_from:
             load_initial_weights(session.net, cfg.model.init_from)
@@ -505,6 +528,9 @@ class Session:
         data = load_dataset(cfg.data, cfg.model.input_shape, n_outputs(infos[-1].output_shape), dtype,
                             cfg.seed, cfg.base_dir)  # fmt: skip
         net = build_network(cfg).build(np.random.default_rng(cfg.seed), dtype)
+        check_api(net, {layer.name: spec.path for spec in cfg.model.layers for layer in net.layers
+                        if layer.name.split(".")[0] == spec.name})  # fmt: skip
+        check_smallest_batch(net, data.x_train.shape[0], cfg.train.batch_size)
         return cls(
             cfg, infos, data, net, build_loss(cfg), build_optimizer(cfg), data_sha256=data_fingerprint(data)
         )
@@ -559,7 +585,7 @@ class Session:
 
 
 def _config_of_dict(raw: dict, overrides: Sequence[str], *, name: str | None, epochs: int | None,
-                    seed: int | None) -> RunConfig:  # fmt: skip
+                    seed: int | None, plugins: Sequence[str] = ()) -> RunConfig:  # fmt: skip
     """A config given as a dict (relative paths against the current folder), overrides and flags applied."""
     import copy
 
@@ -577,31 +603,37 @@ def _config_of_dict(raw: dict, overrides: Sequence[str], *, name: str | None, ep
         if not isinstance(raw["train"], dict):
             raise UserError("train: expected a mapping of keys")
         raw["train"]["epochs"] = epochs
-    return config_from_dict(raw, source="<dict>", base_dir=Path.cwd())
+    return config_from_dict(raw, source="<dict>", base_dir=Path.cwd(), plugins=plugins)
 
 
 def load_initial_weights(net: Sequential, source: str) -> Path:
-    """Copy every parameter of ``net`` from ``model.init_from`` and return the file read.
+    """Copy every parameter of ``net`` from ``model.init_from``, and its buffers when the source has
+    them, and return the file read.
 
     ``source`` is a checkpoint file, a run folder (its last checkpoint), or an ``.npz`` / ``.json``
-    parameter file from ``cnnbp export`` (told apart by content, then suffix).  Names and shapes are
-    checked before anything is copied; a mismatch is a UserError naming the layer and both shapes.
-    Values are cast to the network's dtype.
+    parameter file from ``cnnbp export`` (told apart by content, then suffix).  Buffers (batchnorm's
+    running statistics) are copied from a source that holds any: checkpoints and exports do; an export
+    written before buffers were exported holds none, and the network keeps its initial ones.  Names and
+    shapes are checked before anything is copied (all or nothing); a mismatch is a UserError naming the
+    layer and both shapes.  Values are cast to the network's dtype.
     """
     path = Path(source)
     try:
         kind = params_file_kind(path)
-        if kind == "npz":
-            params = load_npz(path)[0]
-        elif kind == "json":
-            params = load_json(path)[0]
+        if kind is not None:
+            params, state, _ = load_npz(path) if kind == "npz" else load_json(path)
         else:
             path = resolve_checkpoint(path)
-            params = read_checkpoint(path).weights
+            ck = read_checkpoint(path)
+            params, state = ck.weights, ck.state
     except UserError as e:
         raise UserError(f"model.init_from: {e}") from None
+    before = {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
     try:
-        net.set_parameters(params)
+        net.set_parameters(params)  # first: its messages name a wrong architecture best
+        if state:
+            net.set_state(state)
     except ParameterError as e:
+        net.set_parameters(before)  # all or nothing: the buffers did not fit, put the parameters back
         raise UserError(f"model.init_from: {path}: {e}") from None
     return path

@@ -6,6 +6,10 @@ this module supplies the ``t`` those mappings use (:class:`TorchKit`), puts the 
 gradients and training steps there — with the torch optimiser the engine's optimiser names
 (``Optimizer.to_torch``).  ``cnnbp bench --vs torch`` uses it to check agreement and to time PyTorch.
 
+Modes: gradients for the agreement check are taken in :meth:`TorchMirror.probe_mode`, torch's counterpart
+of the engine's ``probe`` phase (deterministic, batch statistics); training steps (``step_fn``, the
+timing) run in whatever mode the model is in, by default torch's train mode.
+
 PyTorch is optional (``pip install 'cnnbp[torch]'``): it is imported when a mirror is built, never when
 this module is, so that thread settings made before (``cnnbp.bench.torch_wait_passively``) still apply.
 """
@@ -15,7 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -86,6 +91,9 @@ def _cross_entropy(t: TorchKit, out: Any, y: Any) -> Any:
     return -(y.to(out.dtype) * t.F.log_softmax(out, dim=1)).sum(dim=1).mean()
 
 
+#: the ``torch.nn`` dropout classes: put in eval by :meth:`TorchMirror.probe_mode` wherever they appear
+DROPOUT_CLASSES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout")
+
 #: engine loss name → the same batch-mean loss in torch
 TORCH_LOSSES: dict[str, Callable[[TorchKit, Any, Any], Any]] = {
     "mse": _mse,
@@ -112,6 +120,8 @@ class TorchMirror:
         self.dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[net.dtype]
         self.params: dict[str, dict[str, Any]] = {}
         modules: list[Any] = []
+        #: the modules of the engine's stochastic layers (dropout): in eval in probe_mode
+        self.stochastic: list[Any] = []
         for info, layer in zip(net.summary(), net.layers, strict=True):
             try:
                 module, named = layer.to_torch(self.t, info)
@@ -120,6 +130,8 @@ class TorchMirror:
                     f"--vs torch: no PyTorch counterpart for layer {layer.name!r} ({layer.kind})"
                 ) from None
             modules.append(module)
+            if layer.stochastic:
+                self.stochastic.append(module)
             if named:
                 self.params[layer.name] = named
         # .to() converts the Parameters in place: the objects in ``params`` stay the model's
@@ -141,11 +153,40 @@ class TorchMirror:
         """The batch-mean loss of model output ``out`` for targets ``y`` (a torch scalar)."""
         return self.loss_fn(self.t, out, self.torch.from_numpy(np.asarray(y)))
 
+    @contextmanager
+    def probe_mode(self) -> Iterator[TorchMirror]:
+        """Run the block as the engine's ``probe`` phase computes: deterministic, batch statistics.
+
+        The model is in train mode (batchnorm normalises with the batch's statistics) except the
+        modules of the engine's stochastic layers and every torch dropout module, which are in eval
+        (deterministic; dropout is the identity): in train mode each side would draw masks of its
+        own.  Afterwards the modules' modes and the model's buffers (running statistics, which train
+        mode moves) are put back, as the engine's probe phase updates nothing.
+        """
+        modules = list(self.model.modules())
+        modes = [m.training for m in modules]
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        dropouts = tuple(getattr(self.torch.nn, n) for n in DROPOUT_CLASSES if hasattr(self.torch.nn, n))
+        self.model.train()
+        for m in modules:
+            if isinstance(m, dropouts) or any(m is s for s in self.stochastic):
+                m.eval()
+        try:
+            yield self
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.training = mode
+            with self.torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+
     def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
-        """The batch-mean loss and its gradient ``{layer: {param: array}}`` at the current weights."""
+        """The batch-mean loss and its gradient ``{layer: {param: array}}`` at the current weights, in
+        :meth:`probe_mode` (compare with the engine's gradients in its ``probe`` phase)."""
         self.model.zero_grad(set_to_none=True)
-        value = self.loss_value(self.model(self.torch.from_numpy(x)), y)
-        value.backward()
+        with self.probe_mode():
+            value = self.loss_value(self.model(self.torch.from_numpy(x)), y)
+            value.backward()
         return float(value.detach()), self._arrays(lambda p: p.grad)
 
     def _arrays(self, of: Callable[[Any], Any]) -> Params:

@@ -20,3 +20,7 @@ class ShapeError(ValueError):
 class ParameterError(ValueError):
     """Parameter values that do not fit a network: a layer or parameter missing or extra, a shape or
     dtype that differs.  The message names the layer and parameter."""
+
+
+class RegistryError(ValueError):
+    """A layer kind registered twice, or a name that cannot be a kind."""

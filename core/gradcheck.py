@@ -183,12 +183,33 @@ class GradcheckResult:
         raise KeyError(f"no row for {layer}.{tensor}")
 
 
-def non_analytic_layers(net: Sequential, loss: Loss) -> list[str]:
-    """Names of the layers (and the loss) that are not holomorphic, in forward order."""
+def non_analytic_layers(net: Sequential, loss: Loss, x: np.ndarray | None = None) -> list[str]:
+    """Names of the layers (and the loss) complex-step cannot go through, in forward order: those
+    that say they are not holomorphic and, given a batch ``x``, those whose forward pass fails on a
+    complex input or drops its imaginary part (a user's layer may say nothing and still not take
+    complex numbers)."""
     names = [layer.name for layer in net.layers if not getattr(layer, "analytic", True)]
+    if x is not None and not names:
+        names = _complex_refusers(net, x)
     if not getattr(loss, "analytic", True):
         names.append(getattr(loss, "name", type(loss).__name__))
     return names
+
+
+def _complex_refusers(net: Sequential, x: np.ndarray) -> list[str]:
+    """``[the first layer whose forward pass raises on, or returns reals for, a complex input]`` (in
+    the probe phase, on a copy: nothing of ``net`` changes), or ``[]``."""
+    a = np.asarray(x, dtype=np.complex128) + 1e-20j
+    with np.errstate(all="ignore"):
+        for layer in copy.deepcopy(net).layers:
+            layer.phase = "probe"
+            try:
+                a = layer.forward(a)
+            except Exception:  # noqa: BLE001 - whatever a user's layer raises on complex numbers
+                return [layer.name]
+            if not np.iscomplexobj(a):
+                return [layer.name]
+    return []
 
 
 # ---- the suffix evaluator -----------------------------------------------------------------
@@ -277,6 +298,10 @@ class _Checker:
         axis is compared row by row; any other layout by bisection (see ``_bisect_kinks``).
         """
         copies = a.shape[0] // group
+        if copies > 1 and self.coupled(start):  # copies must not share batch statistics: one at a time
+            parts = [self.run(start, a[i * group : (i + 1) * group], rows[i * group : (i + 1) * group], group)
+                     for i in range(copies)]  # fmt: skip
+            return np.concatenate([o for o, _ in parts]), np.concatenate([k for _, k in parts])
         kinks = np.zeros(copies, dtype=bool)
         for j in range(start, len(self.layers)):
             inp = a
@@ -330,6 +355,11 @@ class _Checker:
         return per * rows * itemsize
 
     # ---- local propagation of single-element perturbations -------------------------------------
+    def coupled(self, start: int) -> bool:
+        """Whether a layer from ``start`` on mixes the samples of a batch (batchnorm): a change to one
+        sample there changes every sample's loss."""
+        return any(layer.couples_batch for layer in self.layers[start:])
+
     def plan(self, start: int) -> _LocalPlan:
         """Which layers after ``start`` can be run on a box around the perturbed element."""
         if start in self._plans:
@@ -337,7 +367,13 @@ class _Checker:
         steps: list[_Step] = []
         j = start
         ib = (1, 1)
-        while self.local and j < len(self.layers) and self.acts[j].ndim == 4 and self.acts[j + 1].ndim == 4:
+        while (
+            self.local
+            and not self.coupled(start)
+            and j < len(self.layers)
+            and self.acts[j].ndim == 4
+            and self.acts[j + 1].ndim == 4
+        ):
             layer = self.layers[j]
             if layer.elementwise:
                 steps.append(_Step(j, window=False, ob=ib))
@@ -455,6 +491,9 @@ class _Checker:
         size = flat_base.shape[1]
         plan = self.plan(start)
 
+        if self.coupled(start):
+            return self._coupled_evaluator(start)
+
         def evaluate(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             b = idx.shape[0]
             n, e = np.divmod(idx, size)
@@ -469,6 +508,25 @@ class _Checker:
                 stack = stack.reshape(b, *base.shape[1:])
             out, later = self.run(j, stack, n, 1)
             return self.loss.forward(out, self.y[n]), kinks | later
+
+        return evaluate
+
+    def _coupled_evaluator(self, start: int) -> _Evaluate:
+        """Like :meth:`activation_evaluator` where later layers couple the samples: each copy is the
+        whole batch with one element changed, and its loss is the batch's sum Σ_x L_x, whose gradient
+        the recorded per-sample deltas are."""
+        base = self.acts[start]
+        m = base.shape[0]
+        size = base[0].size
+
+        def evaluate(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            b = idx.shape[0]
+            dtype = np.complex128 if np.iscomplexobj(values) else np.float64
+            stack = np.tile(base.reshape(1, m * size).astype(dtype), (b, 1))
+            stack[np.arange(b), idx] = values
+            rows = np.tile(np.arange(m), b)
+            out, kinks = self.run(start, stack.reshape(b * m, *base.shape[1:]), rows, m)
+            return self.loss.forward(out, self.y[rows]).reshape(b, m).sum(axis=1), kinks
 
         return evaluate
 
@@ -662,17 +720,18 @@ def gradcheck(
         rows and its delta row.
     """
     t0 = time.perf_counter()
-    s = _settings(net, loss, method, eps, rtol, layers, per_tensor, check_all, rng, atol_floor)
     x, y = _batch(net, x, y)
+    s = _settings(net, loss, x, method, eps, rtol, layers, per_tensor, check_all, rng, atol_floor)
     dtypes = {p.dtype for layer in net.layers for p in layer.params.values()}
     cast_from = None
     if dtypes - {np.dtype(np.float64)}:
         cast_from = ",".join(sorted(str(d) for d in dtypes - {np.dtype(np.float64)}))
         net = copy.deepcopy(net).cast(np.float64)
-    try:
-        rows = _Rows(net, loss, x, y, s, _local).check()
-    finally:
-        net.gradients(x, y, loss)  # leave caches and grads as a plain gradients() call would
+    with net.in_phase("probe"):  # deterministic, batch statistics, no running statistics updated
+        try:
+            rows = _Rows(net, loss, x, y, s, _local).check()
+        finally:
+            net.gradients(x, y, loss)  # leave caches and grads as a plain gradients() call would
     return GradcheckResult(
         rows=rows,
         method=s.method,
@@ -699,18 +758,20 @@ class _Settings:
 
 
 def _settings(
-    net: Sequential, loss: Loss, method: str, eps: float | None, rtol: float, layers: Sequence[str] | None,
-    per_tensor: int | None, check_all: bool | None, rng: np.random.Generator | None, atol_floor: float | None,
+    net: Sequential, loss: Loss, x: np.ndarray, method: str, eps: float | None, rtol: float,
+    layers: Sequence[str] | None, per_tensor: int | None, check_all: bool | None,
+    rng: np.random.Generator | None, atol_floor: float | None,
 ) -> _Settings:  # fmt: skip
     """The options checked (ValueError naming the bad one) and resolved (auto → a method, defaults)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if not net.layers:
         raise ValueError("the network has no layers")
-    bad = non_analytic_layers(net, loss)
+    bad = non_analytic_layers(net, loss, x) if method in ("complex", "auto") else []
     if method == "complex" and bad:
         raise ValueError(
-            "complex-step needs every layer and the loss to be analytic; not analytic: " + ", ".join(bad)
+            "complex-step needs every layer and the loss to be analytic and to compute in complex "
+            "numbers; these do not: " + ", ".join(bad)
         )
     if method == "auto":
         method = "central" if bad else "complex"
@@ -799,8 +860,10 @@ class _Rows:
         num, kink = _differentiate(
             ck.activation_evaluator(start), idx, v, s.method, s.eps, self.chunk(per_copy)
         )
-        sample = idx // (analytic.size // ck.m)
-        floors = s.floor * np.maximum(1.0, self.sample_loss[sample])
+        if ck.coupled(start):  # the loss differenced is the batch's sum
+            floors = s.floor * max(1.0, float(np.sum(self.sample_loss)))
+        else:
+            floors = s.floor * np.maximum(1.0, self.sample_loss[idx // (analytic.size // ck.m)])
         return _row(layer_name, tensor, analytic, idx, num, kink, s.rtol, floors)
 
     def param(self, l: int, key: str) -> TensorCheck:

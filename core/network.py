@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,63 @@ class Sequential:
         """``{layer: {param: gradient}}``, keyed like ``parameters`` (live arrays)."""
         return {l.name: l.grads for l in self.layers if l.params}
 
+    def state(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{layer: {buffer: array}}`` of the non-trainable buffers (batchnorm's running statistics)."""
+        return {l.name: l.state for l in self.layers if l.state}
+
+    def set_state(self, state: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Copy buffers (as :meth:`state` gives them) into the built network; ParameterError when a
+        layer or buffer is missing on either side or a shape differs."""
+        expected = self.state()
+        for lname, group in expected.items():
+            given = state.get(lname, {})
+            if set(given) != set(group):
+                raise ParameterError(
+                    f"layer {lname} has buffers {', '.join(group)}, got {', '.join(given) or 'none'}"
+                )
+            for key, value in given.items():
+                if np.shape(value) != group[key].shape:
+                    raise ParameterError(
+                        f"layer {lname} buffer {key} has shape {np.shape(value)}, expected {group[key].shape}"
+                    )
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            raise ParameterError(f"layer {extra[0]} has no buffers in the model")
+        for lname, group in expected.items():
+            for key, value in group.items():
+                value[...] = np.asarray(state[lname][key])
+
+    @property
+    def couples_batch(self) -> bool:
+        """True when some layer mixes the samples of a batch (see ``Layer.couples_batch``)."""
+        return any(l.couples_batch for l in self.layers)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when some layer draws random numbers in training (see ``Layer.stochastic``)."""
+        return any(l.stochastic for l in self.layers)
+
+    @contextmanager
+    def in_phase(self, phase: str) -> Iterator[Sequential]:
+        """Run the block with every layer in ``phase`` (``train``, ``probe`` or ``eval``; see
+        ``Layer.phase``), then put back the phases they had."""
+        if phase not in ("train", "probe", "eval"):
+            raise ValueError(f"phase must be train, probe or eval, got {phase!r}")
+        before = [l.phase for l in self.layers]
+        for l in self.layers:
+            l.phase = phase
+        try:
+            yield self
+        finally:
+            for l, old in zip(self.layers, before, strict=True):
+                l.phase = old
+
+    def set_rng(self, rng: np.random.Generator | None) -> None:
+        """Give every stochastic layer ``rng`` for its next training draws (shared, in layer order)."""
+        for l in self.layers:
+            if l.stochastic:
+                l.rng = rng
+
     def set_parameters(
         self, params: Mapping[str, Mapping[str, np.ndarray]], *, same_dtype: bool = False
     ) -> None:
@@ -186,11 +244,12 @@ class Sequential:
                 layer.params[key][...] = np.asarray(value)
 
     def cast(self, dtype: np.dtype | type) -> Sequential:
-        """Convert every parameter (and gradient buffer) to ``dtype`` in place."""
+        """Convert every parameter, gradient buffer and state buffer to ``dtype`` in place."""
         self.dtype = np.dtype(dtype)
         for layer in self.layers:
             layer.params = {k: v.astype(dtype) for k, v in layer.params.items()}
             layer.grads = {k: np.zeros_like(v) for k, v in layer.params.items()}
+            layer.state = {k: v.astype(dtype) for k, v in layer.state.items()}
         return self
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from cnnbp.core.errors import RegistryError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cnnbp.core.layers.base import Layer
 
@@ -23,14 +25,15 @@ LAYERS: dict[str, type[Layer]] = {}
 def register_layer(kind: str) -> Callable[[L], L]:
     """Class decorator: make ``cls`` the layer of config ``type: kind`` and set ``cls.kind``.
 
-    A kind can be registered once; a second class under the same kind raises ValueError.
+    A kind can be registered once; a second class under the same kind raises RegistryError.
     """
     if not isinstance(kind, str) or not kind.isidentifier():
-        raise ValueError(f"a layer kind must be a name such as 'my_dense', got {kind!r}")
+        raise RegistryError(f"a layer kind must be a name such as 'my_dense', got {kind!r}")
 
     def decorate(cls: L) -> L:
         if kind in LAYERS and LAYERS[kind] is not cls:
-            raise ValueError(f"layer kind {kind!r} is already registered (by {LAYERS[kind].__qualname__})")
+            owner = f"{LAYERS[kind].__module__}.{LAYERS[kind].__qualname__}"
+            raise RegistryError(f"registers layer kind {kind!r}, which exists already ({owner})")
         cls.kind = kind
         LAYERS[kind] = cls
         return cls

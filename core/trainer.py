@@ -27,6 +27,8 @@ from cnnbp.core.network import Sequential
 from cnnbp.core.optim import Optimizer
 
 Params = dict[str, dict[str, np.ndarray]]
+#: the stream of a step's random draws (dropout): ``default_rng([seed, STOCHASTIC_STREAM, step])``
+STOCHASTIC_STREAM = int.from_bytes(b"dropout", "big")
 #: ``on_batch(batch, n_batches, batch_loss)``, called after each update; ``batch`` counts from 1.
 BatchCallback = Callable[[int, int, float], None]
 
@@ -176,41 +178,58 @@ class Trainer:
         if start.epoch != epoch or not 0 <= start.batches_done <= n_batches:
             raise ValueError(f"cannot resume epoch {epoch} from {start}")
         progress = self.progress = EpochProgress(epoch, start.batches_done, start.loss_sum, start.n_correct)
-        net, keep, opt = self.net, self._keep, self.optimizer
-        params, grads = net.parameters(), net.grads()
-        factor = self.divergence_factor
-        for i in range(start.batches_done, n_batches):
-            lo, hi = i * bs, min(n, (i + 1) * bs)
-            if order is None:
-                xb, yb = x[lo:hi], y[lo:hi]  # views: no copy
-            else:
-                idx = order[lo:hi]
-                xb, yb = x[idx], y[idx]  # the one copy of the batch
-            batch_loss = net.gradients(xb, yb, keep, input_grad=False)  # training never uses ∂L/∂x
-            if not (math.isfinite(batch_loss) and _all_finite(grads)):
-                keep.out = None
-                raise self._diverged(epoch, i + 1, n_batches, xb, yb, batch_loss)
-            if math.isnan(self.first_loss):
-                self.first_loss = batch_loss
-            elif factor is not None and self.first_loss > 0 and batch_loss > factor * self.first_loss:
-                keep.out = None
-                reason = (
-                    f"loss {batch_loss:.6g} is over divergence_factor {factor:g} × the first batch's loss "
-                    f"{self.first_loss:.6g}"
-                )
-                raise Diverged(epoch, self.step + 1, i + 1, n_batches, batch_loss, None, reason)
-            correct = correct_count(keep.out, yb)
-            self.mid_update = True
-            opt.step(params, grads)
-            self.step += 1
-            progress.loss_sum += batch_loss * (hi - lo)
-            progress.n_correct += correct
-            progress.batches_done = i + 1
-            self.mid_update = False
-            if on_batch is not None:
-                on_batch(i + 1, n_batches, batch_loss)
-        keep.out = None  # do not pin the last batch's activations
+        with self.net.in_phase("train"):
+            for i in range(start.batches_done, n_batches):
+                lo, hi = i * bs, min(n, (i + 1) * bs)
+                if order is None:
+                    xb, yb = x[lo:hi], y[lo:hi]  # views: no copy
+                else:
+                    idx = order[lo:hi]
+                    xb, yb = x[idx], y[idx]  # the one copy of the batch
+                batch_loss, correct = self._train_batch(xb, yb, epoch, i + 1, n_batches)
+                progress.loss_sum += batch_loss * (hi - lo)
+                progress.n_correct += correct
+                progress.batches_done = i + 1
+                self.mid_update = False
+                if on_batch is not None:
+                    on_batch(i + 1, n_batches, batch_loss)
+        self._keep.out = None  # do not pin the last batch's activations
         return EpochStats(epoch, progress.loss_sum / n, progress.n_correct / n, n_batches, n)
+
+    def _step_rng(self) -> None:
+        """The draws of the update about to be made (dropout masks) come from (seed, step): a resumed
+        run makes the same ones."""
+        if self.net.stochastic:
+            self.net.set_rng(np.random.default_rng([self.seed, STOCHASTIC_STREAM, self.step + 1]))
+
+    def _train_batch(
+        self, xb: np.ndarray, yb: np.ndarray, epoch: int, batch: int, n_batches: int
+    ) -> tuple[float, int]:
+        """Gradients of one batch, the divergence checks, then the update: (batch loss, correct count).
+
+        Leaves ``mid_update`` set: the caller clears it once its own bookkeeping of the step is done.
+        """
+        net, keep = self.net, self._keep
+        self._step_rng()
+        batch_loss = net.gradients(xb, yb, keep, input_grad=False)  # training never uses ∂L/∂x
+        if not (math.isfinite(batch_loss) and _all_finite(net.grads())):
+            keep.out = None
+            raise self._diverged(epoch, batch, n_batches, xb, yb, batch_loss)
+        factor = self.divergence_factor
+        if math.isnan(self.first_loss):
+            self.first_loss = batch_loss
+        elif factor is not None and self.first_loss > 0 and batch_loss > factor * self.first_loss:
+            keep.out = None
+            reason = (
+                f"loss {batch_loss:.6g} is over divergence_factor {factor:g} × the first batch's loss "
+                f"{self.first_loss:.6g}"
+            )
+            raise Diverged(epoch, self.step + 1, batch, n_batches, batch_loss, None, reason)
+        correct = correct_count(keep.out, yb)
+        self.mid_update = True
+        self.optimizer.step(net.parameters(), net.grads())
+        self.step += 1
+        return batch_loss, correct
 
     def _diverged(
         self, epoch: int, batch: int, batches: int, x: np.ndarray, y: np.ndarray, batch_loss: float
@@ -228,9 +247,13 @@ class Trainer:
         def record(name: str, delta: np.ndarray) -> None:
             recorded.append((name, bool(np.isfinite(delta).all())))
 
+        saved = {name: {k: v.copy() for k, v in group.items()} for name, group in self.net.state().items()}
         with np.errstate(all="ignore"):
+            self._step_rng()
             self.net.gradients(x, y, self.loss, record, input_grad=False)
+            self._step_rng()
             forward_bad, out_max = _forward_check(self.net, x)
+        self.net.set_state(saved)  # the recomputation is not a training step
         layer = next((name for name, ok in recorded if not ok), None)
         bad_grads = [
             name
@@ -264,11 +287,12 @@ class Trainer:
         bs = int(batch_size or max(self.batch_size, 256))
         loss_sum = 0.0
         n_correct = 0
-        for lo in range(0, n, bs):
-            xb, yb = x[lo : lo + bs], y[lo : lo + bs]
-            out = self.net.forward(xb)
-            loss_sum += float(self.loss.forward(out, yb).sum().real)
-            n_correct += correct_count(out, yb)
+        with self.net.in_phase("eval"):
+            for lo in range(0, n, bs):
+                xb, yb = x[lo : lo + bs], y[lo : lo + bs]
+                out = self.net.forward(xb)
+                loss_sum += float(self.loss.forward(out, yb).sum().real)
+                n_correct += correct_count(out, yb)
         return loss_sum / n, n_correct / n
 
     def probe(self, x: np.ndarray, y: np.ndarray) -> ProbeResult:
@@ -278,7 +302,8 @@ class Trainer:
         def record(name: str, delta: np.ndarray) -> None:
             recorded[name] = np.array(delta, copy=True)  # the engine may reuse or free its buffers
 
-        loss = self.net.gradients(x, y, self.loss, record, input_grad=False)
+        with self.net.in_phase("probe"):
+            loss = self.net.gradients(x, y, self.loss, record, input_grad=False)
         deltas = {layer.name: recorded[layer.name] for layer in self.net.layers}
         grads = {name: {k: g.copy() for k, g in group.items()} for name, group in self.net.grads().items()}
         return ProbeResult(grads, deltas, loss)

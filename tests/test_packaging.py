@@ -67,3 +67,17 @@ def test_the_wheel_installs_only_cnnbp(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "cnnbp/core/layers/conv.py" in names and "cnnbp/datasets/digits.npz" in names
     assert "cnnbp/configs/digits.yaml" in names
+
+
+def test_no_submodule_shadows_a_public_name() -> None:
+    """Importing a submodule sets it as an attribute of its package: one named like a public function
+    (``cnnbp.resume``) would replace that function once anything imported it."""
+    import importlib
+    import pkgutil
+
+    import cnnbp
+
+    for pkg, prefix in ((cnnbp, "cnnbp."), (importlib.import_module("cnnbp.core"), "cnnbp.core.")):
+        submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+        shadowing = submodules & set(pkg.__all__)
+        assert not shadowing, f"{prefix}{', '.join(sorted(shadowing))}: module names that are public names"

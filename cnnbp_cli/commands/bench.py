@@ -18,8 +18,10 @@ import typer
 from rich.table import Table
 
 from cnnbp.bench import BenchResult, run_bench, use_threads
+from cnnbp.commands import options
 from cnnbp.config import build_loss, build_network, build_optimizer, load_config
 from cnnbp.errors import UserError
+from cnnbp.plugins import load_option
 from cnnbp.render.console import stdout_console
 from cnnbp.torch_mirror import TORCH_HINT, have_torch
 
@@ -103,8 +105,10 @@ def bench(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    plugins: options.Plugins = None,
 ) -> None:
     """Time one training step (forward, backward, update) on random data, per layer; optionally vs PyTorch."""
+    load_option(plugins)
     if dtype is not None and dtype not in ("float32", "float64"):
         raise UserError(f"--dtype: expected float32 or float64, got {dtype!r}")
     if vs is not None and vs != "torch":

@@ -20,6 +20,7 @@ from rich.text import Text
 from cnnbp.commands import options
 from cnnbp.exporting import TOLERANCE, ExportReport
 from cnnbp.exporting import export as export_checkpoint
+from cnnbp.plugins import load_option
 from cnnbp.render.console import print_error, stdout_console
 
 
@@ -83,7 +84,6 @@ def report_lines(r: ExportReport) -> list[Text]:
     return [Text.assemble((k.ljust(width), "bold"), v) for k, v in rows]
 
 
-
 # ---- the command -----------------------------------------------------------------------------------
 _TARGET_HELP = "A run folder (its last checkpoint) or a checkpoint file (.h5)."
 _OUTPUT_HELP = (
@@ -119,8 +119,10 @@ def export(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    plugins: options.Plugins = None,
 ) -> None:
     """Export a checkpoint's network as ONNX, NPZ or JSON, verified against the engine."""
+    load_option(plugins)
     report = export_checkpoint(
         target, output, fmt.value if fmt is not None else None, checkpoint=checkpoint, opset=opset,
         ops=ops.value if ops is not None else None, verify=not no_verify, force=force,

@@ -27,6 +27,7 @@ from cnnbp.checking import GradcheckReport, Subject, check_options, prepare, run
 from cnnbp.commands import options
 from cnnbp.core.gradcheck import DEFAULT_EPS, FAIL, KINK, PASS, GradcheckResult
 from cnnbp.errors import UserError
+from cnnbp.plugins import load_option
 from cnnbp.render.console import shape_text, stderr_console, stdout_console
 
 __all__ = ["Method", "gradcheck", "parse_eps"]
@@ -283,6 +284,7 @@ def gradcheck(
     seed: Seed = None,
     sets: options.sets_option(_SET_HELP) = None,  # type: ignore[valid-type]
     json_out: options.Json = False,
+    plugins: options.Plugins = None,
 ) -> None:
     """Check every parameter gradient, layer delta and input gradient by finite differences.
 
@@ -302,6 +304,7 @@ def gradcheck(
     Exit codes: 0 pass (KINK rows allowed), 1 a FAIL (or a KINK with --strict), 2 a usage or
     config error.
     """
+    load_option(plugins)
     out_con, err_con = stdout_console(), stderr_console()
     step = parse_eps(eps)
     check_options(check_all or None, per_tensor, step, rtol)

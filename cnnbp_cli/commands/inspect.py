@@ -36,7 +36,9 @@ from rich.text import Text
 
 from cnnbp import inspection as ins
 from cnnbp.checkpoint import Checkpoint
+from cnnbp.commands import options
 from cnnbp.errors import UserError
+from cnnbp.plugins import load_option
 from cnnbp.render import termplot as tp
 from cnnbp.render.console import pct, shape_text, stderr_console
 from cnnbp.runs import METRIC_COLUMNS
@@ -171,6 +173,12 @@ def _ck_lines(ck: Checkpoint, width: int) -> list[Text]:
     return [Text(tp.clip(head, width), style="dim"), Text(tp.clip_left(str(ck.path), width), style="dim")]
 
 
+def _plugins_text(plugins: list[dict[str, str]], width: int) -> str:
+    """``…/my_layers.py (305d53ed3da5)`` per plugin: paths cut on the left, so file names stay."""
+    room = max(12, (width - 2 * (len(plugins) - 1)) // len(plugins) - 15)
+    return ", ".join(f"{tp.clip_left(p['path'], room)} ({str(p.get('sha256', ''))[:12]})" for p in plugins)
+
+
 def _plural(n: int, word: str) -> str:
     """``1 probe sample``, ``8 probe samples``."""
     return f"{n} {word}" + ("" if n == 1 else "s")
@@ -190,6 +198,7 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
     rows = [
         ("run", run["name"] + (f"  ({run['folder']})" if run["folder"] else "")),
         ("dataset", run["dataset"]),
+        *([("plugins", _plugins_text(run["plugins"], style.width - 14))] if run["plugins"] else []),
         ("dtype · loss", f"{run['dtype']} · {run['loss']}"),
         ("epochs", f"{epochs} · {ck['step']:,} steps at checkpoint {ck['epoch']}"),
         ("best val_acc", best_text),
@@ -393,8 +402,10 @@ def inspect(
         int, typer.Option("--precision", "-p", metavar="P", min=0, max=15, help=_PRECISION_HELP)
     ] = 4,
     json_out: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    plugins: options.Plugins = None,
 ) -> None:
     """Look inside a run: layer summary, deltas, gradients, weights and metrics of its checkpoints."""
+    load_option(plugins)
     console = make_console()
     style = Style(precision, full, console.color_system is not None, max(console.width, 40))
     which = show.value

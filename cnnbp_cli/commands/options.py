@@ -25,3 +25,14 @@ def sets_option(help_text: str) -> object:
     return Annotated[
         list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=help_text, show_default=False)
     ]
+
+
+Plugins = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        metavar="FILE.py",
+        help="Load your own layers from this Python file or module first (repeatable).",
+        show_default=False,
+    ),
+]

@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 
+from cnnbp.commands import options
 from cnnbp.core.trainer import Diverged
 from cnnbp.errors import UserError
+from cnnbp.plugins import load_option
 from cnnbp.render.console import model_table, print_error, print_summary, stderr_console, stdout_console
 from cnnbp.render.progress import EpochLines, JsonLines, LiveProgress
 from cnnbp.runner import Callback, Interrupted, Session
@@ -48,6 +50,7 @@ def train(
         str | None, typer.Option("--resume", metavar="RUN", help=_RESUME_HELP, show_default=False)
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
+    plugins: options.Plugins = None,
 ) -> None:
     """Train a network from a config; write metrics, config and checkpoints to a new run folder."""
     if resume is not None:
@@ -58,11 +61,14 @@ def train(
                 f"--resume: cannot be combined with {', '.join(given)}: a resumed run keeps its config "
                 f"(edit its {CONFIG} and pass --force to change it)"
             )
+        load_option(plugins)
         session = Session.resumed(resume, out, epochs=epochs, force=force)
     elif force:
         raise UserError("--force: only used with --resume")
     else:
-        session = Session.new(config, list(sets or []), name=name, epochs=epochs, seed=seed)
+        session = Session.new(
+            config, list(sets or []), name=name, epochs=epochs, seed=seed, plugins=plugins or ()
+        )
     with session:
         _run(session, out, dry_run=dry_run, json_lines=json_lines, quiet=quiet)
 

@@ -4,14 +4,15 @@ export mappings)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from cnnbp.core.errors import ShapeError
-from cnnbp.core.hyper import check_hyper, hyper_values
-from cnnbp.core.init import Initializer, Zeros
+from cnnbp.core.hyper import check_hyper, hyper_params, hyper_values
+from cnnbp.core.init import GlorotUniform, Initializer, Zeros
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from cnnbp.core.network import LayerInfo
@@ -54,12 +55,31 @@ class Layer:
     onnx_op: ClassVar[str | None] = None
     #: the ``torch.nn`` module class computing this layer with no arguments, else None
     torch_op: ClassVar[str | None] = None
+    #: True when a sample's output depends on the other samples of the batch (batchnorm's batch
+    #: statistics): the checker then perturbs whole batches instead of stacking single samples
+    couples_batch: ClassVar[bool] = False
+    #: True when the training forward pass draws random numbers (dropout): from ``self.rng``, which
+    #: the trainer sets for every optimiser step from (seed, step)
+    stochastic: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Layer:
+        layer = super().__new__(cls)
+        # the arguments as given, for hyper() of a layer that does not keep them as attributes
+        layer._given = (args, kwargs)
+        return layer
 
     def __init__(self, name: str | None = None, init: Mapping[str, Initializer] | None = None) -> None:
         self.name = name or self.kind
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.init: dict[str, Initializer] = dict(init or {})
+        #: non-trainable buffers (batchnorm's running statistics), saved in every checkpoint
+        self.state: dict[str, np.ndarray] = {}
+        #: ``train`` (random draws, batch statistics that update the running ones), ``probe``
+        #: (deterministic, batch statistics, nothing updated: the probe batch and the checker) or
+        #: ``eval`` (deterministic, running statistics); see ``Sequential.in_phase``
+        self.phase: str = "train"
+        self.rng: np.random.Generator | None = None
         self.input_shape: Shape | None = None
         self._x: np.ndarray | None = None
         self._work: dict[str, tuple[tuple, np.ndarray]] = {}
@@ -77,8 +97,19 @@ class Layer:
         return cls(**hyper, name=name, init=init)
 
     def hyper(self) -> dict[str, Any]:
-        """Hyper-parameters as plain values (pairs as lists), keyed like the constructor's arguments."""
-        return hyper_values(self, self._spec_class())
+        """Hyper-parameters as plain values (pairs as lists), keyed like the constructor's arguments.
+
+        Each is read from the attribute of the same name, or, for a layer that does not keep one,
+        taken from the arguments it was built with.
+        """
+        spec = self._spec_class()
+        missing = [p for p in hyper_params(spec) if not hasattr(self, p.name)]
+        if missing:
+            args, kwargs = getattr(self, "_given", ((), {}))
+            bound = inspect.signature(spec.__init__).bind_partial(self, *args, **kwargs).arguments
+            for p in missing:
+                setattr(self, p.name, bound.get(p.name, p.default))
+        return hyper_values(self, spec)
 
     def _spec_class(self) -> type:
         """The class whose ``__init__`` declares this layer's hyper-parameters: the nearest one in the
@@ -107,8 +138,14 @@ class Layer:
         return {}
 
     def fans(self, input_shape: Shape) -> tuple[int, int]:
-        """(fan_in, fan_out) used by the Glorot and He initialisers."""
-        return (1, 1)
+        """(fan_in, fan_out) used by the Glorot and He initialisers; by default those of the first
+        parameter (the weight) read as PyTorch does: (out, in, *kernel) → in·k, out·k."""
+        shapes = list(self.param_shapes(input_shape).values())
+        if not shapes or len(shapes[0]) < 2:
+            return (1, 1)
+        out, inp, *kernel = shapes[0]
+        k = int(np.prod(kernel)) if kernel else 1
+        return inp * k, out * k
 
     def scratch_size(self, input_shape: Shape) -> int:
         """Values per sample the layer keeps between forward and backward besides its input and output
@@ -122,7 +159,8 @@ class Layer:
 
     # ---- parameters ------------------------------------------------------------------------------
     def default_init(self) -> dict[str, Initializer]:
-        """The initialiser of each parameter when ``init`` does not name one (missing ones: zeros)."""
+        """The initialiser of each parameter when ``init`` does not name one: by default Glorot-uniform
+        for the first parameter (the weight) and zeros for the others."""
         return {}
 
     def build(self, input_shape: Shape, rng: np.random.Generator, dtype: np.dtype) -> None:
@@ -132,8 +170,9 @@ class Layer:
         fan_in, fan_out = self.fans(input_shape)
         defaults = self.default_init()
         self.params = {}
-        for key, shape in self.param_shapes(input_shape).items():
-            init = self.init.get(key) or defaults.get(key) or Zeros()
+        for i, (key, shape) in enumerate(self.param_shapes(input_shape).items()):
+            fallback = GlorotUniform() if i == 0 and not defaults else Zeros()
+            init = self.init.get(key) or defaults.get(key) or fallback
             self.params[key] = init(shape, fan_in, fan_out, rng, dtype, where=f"{self.name}.{key}")
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 

@@ -541,12 +541,12 @@ def no_onnxruntime(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a generat
 
 def read_export(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """The parameters of an exported .npz / .json file, read with numpy / json directly (not through
-    cnnbp.exporters)."""
+    cnnbp.exporters); buffers (``__state__/…`` entries, ``"state"`` objects) are left out."""
     params: dict[str, dict[str, np.ndarray]] = {}
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             for key in npz.files:
-                if key != "__config__":
+                if not key.startswith("__"):
                     lname, _, pname = key.rpartition("/")
                     params.setdefault(lname, {})[pname] = npz[key]
     else:
@@ -575,10 +575,124 @@ def npz_one_ulp_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = exporters.load_npz
 
-    def one_ulp_off(path: Path) -> tuple:
-        params, text = real(path)
-        w = params["conv1"]["W"]
+    def one_ulp_off(path: Path) -> exporters.ParamsFile:
+        loaded = real(path)
+        w = loaded.params["conv1"]["W"]
         w.flat[0] = np.nextafter(w.flat[0], np.inf)
-        return params, text
+        return loaded
 
     monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)
+
+
+# ---- users' layers (tests/cli/test_plugins.py, test_layercheck.py, commands/test_check_layer.py) ----------
+
+# A softplus and a dense layer written as a user would (the README's example).  The ``{...}`` fields
+# break one thing each: ``SCALE_*`` multiplies one gradient by (1 + 1e-4).
+PLUGIN = '''
+import numpy as np
+import cnnbp
+
+
+@cnnbp.register_layer("my_softplus")
+class MySoftplus(cnnbp.Layer):
+    def forward(self, x):
+        self.x = x
+        return np.logaddexp(0, x)
+
+    def backward(self, dy):
+        return dy / (1 + np.exp(-self.x)) * {SCALE_SOFTPLUS_X}
+
+
+@cnnbp.register_layer("my_dense")
+class MyDense(cnnbp.Layer):
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise cnnbp.ShapeError(self.name, f"expects a feature vector, got {{input_shape}}")
+        return (self.units,)
+
+    def param_shapes(self, input_shape):
+        return {{"W": (self.units, input_shape[0]), "b": (self.units,)}}
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params["W"].T + self.params["b"]
+
+    def backward(self, dy):
+        self.grads["W"] = dy.T @ self.x * {SCALE_W}
+        self.grads["b"] = dy.sum(axis=0) * {SCALE_B}
+        return dy @ self.params["W"] * {SCALE_DENSE_X}
+'''
+OFF = "1.0001"  # a relative error of 1e-4
+
+
+def plugin_source(**broken: str) -> str:
+    scales = {"SCALE_SOFTPLUS_X": "1", "SCALE_W": "1", "SCALE_B": "1", "SCALE_DENSE_X": "1"}
+    return PLUGIN.format(**{**scales, **broken})
+
+
+def write_plugin(folder: Path, source: str | None = None, name: str = "my_layers.py") -> Path:
+    path = folder / name
+    path.write_text(plugin_source() if source is None else source, encoding="utf-8")
+    return path
+
+
+# A convolution written from the notes, one loop over output positions (cross-correlation, no padding).
+# ``{FLIP}`` turns the kernel by 180° (a true convolution: self-consistent, but not cnnbp's conv);
+# ``{DX_OFFSET}`` is where backward adds a window's share of dx (``i * s``; ``i`` is the stride bug).
+CONV_PLUGIN = '''
+import numpy as np
+import cnnbp
+
+
+class LoopConv(cnnbp.Layer):
+    def __init__(self, filters: int, kernel: int, stride: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel, self.stride = filters, kernel, stride
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise cnnbp.ShapeError(self.name, f"expects C×H×W, got {{input_shape}}")
+        c, h, w = input_shape
+        k, s = self.kernel, self.stride
+        if k > h or k > w:
+            raise cnnbp.ShapeError(self.name, "kernel larger than the input")
+        return (self.filters, (h - k) // s + 1, (w - k) // s + 1)
+
+    def param_shapes(self, input_shape):
+        return {{"W": (self.filters, input_shape[0], self.kernel, self.kernel), "b": (self.filters,)}}
+
+    def forward(self, x):
+        self.x = x
+        k, s = self.kernel, self.stride
+        kern = self.params["W"]{FLIP}
+        f, ho, wo = self.output_shape(x.shape[1:])
+        y = np.empty((x.shape[0], f, ho, wo), dtype=x.dtype)
+        for i in range(ho):
+            for j in range(wo):
+                window = x[:, :, i * s : i * s + k, j * s : j * s + k]
+                y[:, :, i, j] = np.einsum("ncab,fcab->nf", window, kern)
+        return y + self.params["b"][:, None, None]
+
+    def backward(self, dy):
+        x, k, s = self.x, self.kernel, self.stride
+        kern = self.params["W"]{FLIP}
+        dx, dkern = np.zeros_like(x), np.zeros_like(kern)
+        for i in range(dy.shape[2]):
+            for j in range(dy.shape[3]):
+                window = x[:, :, i * s : i * s + k, j * s : j * s + k]
+                dkern += np.einsum("nf,ncab->fcab", dy[:, :, i, j], window)
+                r, c = {DX_OFFSET}
+                dx[:, :, r : r + k, c : c + k] += np.einsum("nf,fcab->ncab", dy[:, :, i, j], kern)
+        self.grads["W"] = dkern{FLIP}
+        self.grads["b"] = dy.sum(axis=(0, 2, 3))
+        return dx
+'''
+
+
+def conv_source(flip: bool = False, stride_bug: bool = False) -> str:
+    return CONV_PLUGIN.format(FLIP="[:, :, ::-1, ::-1]" if flip else "",
+                              DX_OFFSET="i, j" if stride_bug else "i * s, j * s")  # fmt: skip

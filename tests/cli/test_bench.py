@@ -7,6 +7,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from cnnbp.core import (
     Conv2D,
     Dense,
     Flatten,
+    Loss,
     Optimizer,
     Pool,
     Sequential,
@@ -26,6 +29,8 @@ from cnnbp.core import (
 )
 from cnnbp.core.gradcheck import relative_error
 from cnnbp.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_net() -> Sequential:
@@ -132,6 +137,18 @@ def test_tensor_error_is_max_diff_over_max_reference() -> None:
     assert bench.tensor_error(np.zeros(0), np.zeros(0)) == 0.0
 
 
+def test_tensor_error_floor_is_the_smallest_scale() -> None:
+    b = np.array([1e-17, -2e-17])  # rounding noise of a gradient that is 0
+    a = np.array([-3e-17, 0.0])
+    # own scale: element 0 is |−3e-17 − 1e-17| / max(|−3e-17|, |1e-17|, max|b| = 2e-17)
+    assert bench.tensor_error(a, b) == pytest.approx(4e-17 / 3e-17)
+    assert bench.tensor_error(a, b, floor=0.5) == pytest.approx(4e-17 / 0.5)
+    big = np.array([2.0, -4.0])
+    # a floor below max|b| changes nothing
+    assert bench.tensor_error(big + 1e-3, big, floor=0.5) == pytest.approx(1e-3 / 4.0)
+    assert bench.tensor_error(np.array([np.nan]), np.array([0.0]), floor=1.0) == float("inf")
+
+
 def test_agreement_verdict() -> None:
     a = bench.Agreement(1e-12, {"c.W": 3e-11, "c.b": 2e-13}, tolerance=1e-10)
     assert a.max_rel_err == 3e-11 and a.ok
@@ -149,6 +166,37 @@ def test_check_agreement_in_float64() -> None:
     agreement = bench.check_agreement(net, loss, TorchMirror(net, loss), x, y)
     assert agreement.ok and agreement.max_rel_err <= 1e-10 and agreement.tolerance == 1e-10
     assert set(agreement.grad_rel_err) == {"c.W", "c.b", "d.W", "d.b"}
+
+
+def regularisers() -> tuple[Sequential, Loss, Optimizer, Any]:
+    """``configs/examples/regularisers.yaml``: conv → batchnorm → relu → flatten → dense → batchnorm → tanh
+    → dropout → dense, with a bias right before each batchnorm."""
+    from cnnbp.config import build_loss, build_network, build_optimizer, load_config
+
+    cfg = load_config(REPO / "configs" / "examples" / "regularisers.yaml", [])
+    return build_network(cfg), build_loss(cfg), build_optimizer(cfg), cfg
+
+
+def test_check_agreement_floors_each_gradient_at_its_layers_scale() -> None:
+    """Each gradient's error is max|engine − torch| / max(max|torch|, AGREE_FLOOR · the largest torch
+    gradient of its layer), recomputed here from both sides' gradients."""
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    from cnnbp.torch_mirror import TorchMirror
+
+    net, loss, _, _ = regularisers()
+    net.build(np.random.default_rng(0), np.float64)
+    x, y = bench.random_batch(net, loss, 4, np.dtype(np.float64), np.random.default_rng(1))
+    mirror = TorchMirror(net, loss)
+    agreement = bench.check_agreement(net, loss, mirror, x, y)
+    _, theirs = mirror.gradients(x, y)
+    assert bench.AGREE_FLOOR["float64"] == 1e-3
+    for lname, group in net.grads().items():
+        scale = max(float(np.abs(t).max()) for t in theirs[lname].values())
+        for key, g in group.items():
+            t = theirs[lname][key]
+            want = float(np.abs(g - t).max()) / max(float(np.abs(t).max()), 1e-3 * scale)
+            assert agreement.grad_rel_err[f"{lname}.{key}"] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    assert agreement.ok and agreement.max_rel_err <= 1e-10, agreement
 
 
 # ---- threads -----------------------------------------------------------------------------------------
@@ -231,6 +279,25 @@ def test_run_bench_vs_torch(make: Callable[[], Optimizer]) -> None:
     assert result.threads["torch"] >= 1
     data = result.to_json()
     assert data["agreement"]["ok"] is True and data["agreement"]["max_rel_err"] <= 1e-10
+
+
+def test_run_bench_vs_torch_on_batchnorm_and_dropout() -> None:
+    """``cnnbp bench --vs torch configs/examples/regularisers.yaml``: the agreement is checked without
+    dropout masks (probe phase / probe mode) and passes in float64; the network is left as built, its
+    running statistics included (the timed training steps move them)."""
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    net, loss, optimizer, cfg = regularisers()
+    result = bench.run_bench(net, loss, optimizer, name=cfg.name, batch=cfg.train.batch_size,
+                             dtype=np.float64, steps=3, warmup=1, seed=cfg.seed, vs_torch=True)  # fmt: skip
+    assert result.agreement is not None and result.agreement.ok, result.agreement
+    assert result.agreement.max_rel_err <= 1e-10
+    assert len(result.agreement.grad_rel_err) == 10
+    fresh, _, _, _ = regularisers()
+    fresh.build(np.random.default_rng(cfg.seed), np.float64)
+    assert_same_params(params_of(net), params_of(fresh))
+    for lname, c in (("batchnorm2", 3), ("batchnorm5", 6)):  # as built: mean 0, variance 1
+        np.testing.assert_array_equal(net.layer(lname).state["running_mean"], np.zeros(c))
+        np.testing.assert_array_equal(net.layer(lname).state["running_var"], np.ones(c))
 
 
 def test_run_bench_vs_torch_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,11 @@ files with ``np.load`` / ``json.load`` and comparing with the checkpoints bit fo
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -332,3 +334,235 @@ def test_npz_json_round_trip_through_init_from(
         for key, w in group.items():
             assert w.dtype == np.dtype(dtype)
             assert w.tobytes() == src.weights[lname][key].tobytes()
+
+
+# ---- networks with buffers and a dropout: batchnorm's running statistics, inference in the eval phase ----
+BUFFERED_LAYERS = [
+    {"type": "conv", "filters": 3, "kernel": 3, "padding": 1},
+    {"type": "batchnorm", "momentum": 0.3, "activation": "relu"},
+    {"type": "pool", "mode": "max", "size": 2},
+    {"type": "flatten"},
+    {"type": "dense", "units": 8},
+    {"type": "batchnorm"},
+    {"type": "dropout", "rate": 0.5},
+    {"type": "dense", "units": 10},
+]
+#: the layers holding buffers in BUFFERED_LAYERS, and their channels / features
+BUFFERED = {"batchnorm2": 3, "batchnorm6": 8}
+
+
+def buffered_config(dtype: str, name: str, **model: Any) -> dict:
+    """Digits (160 images, 8×8) through BUFFERED_LAYERS, one epoch in batches of 32."""
+    return {
+        "name": name, "seed": 2, "dtype": dtype,
+        "data": {"source": "digits", "limit": 160, "scale": 0.0625},
+        "model": {"input_shape": [1, 8, 8], "layers": BUFFERED_LAYERS, **model},
+        "loss": "softmax_cross_entropy",
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1},
+        "record": {"probe": 4, "every": 1},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def buffered_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A float32 and a float64 run of ``buffered_config``, trained once; copy one before writing into it."""
+    out = tmp_path_factory.mktemp("buffered")
+    return {dtype: cnnbp.train(buffered_config(dtype, f"bn{dtype[-2:]}"), out=out).path
+            for dtype in ("float32", "float64")}  # fmt: skip
+
+
+@pytest.fixture
+def buffered(buffered_runs: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A private copy of the float64 run, or of the ``dtype`` the test is parametrized with."""
+    callspec = getattr(request.node, "callspec", None)
+    dtype = callspec.params.get("dtype", "float64") if callspec else "float64"
+    return Path(shutil.copytree(buffered_runs[dtype], tmp_path / "run"))
+
+
+def read_buffers(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The buffers of an exported file, read with numpy / json directly: NPZ ``__state__/<layer>/<buffer>``
+    entries, JSON ``"state"`` objects."""
+    state: dict[str, dict[str, np.ndarray]] = {}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                if key.startswith("__state__/"):
+                    _, lname, bname = key.split("/")
+                    state.setdefault(lname, {})[bname] = npz[key]
+    else:
+        for row in json.loads(path.read_text(encoding="utf-8"))["layers"]:
+            if "state" in row:
+                state[row["name"]] = {k: np.array(v) for k, v in row["state"].items()}
+    return state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_npz_json_export_holds_the_running_statistics(buffered: Path, fmt: str, dtype: str) -> None:
+    """Both files hold every buffer of the checkpoint bit for bit beside the parameters, and the check
+    (parameters, buffers, eval-phase outputs) passes bit for bit."""
+    report = cnnbp.export(buffered, format=fmt)
+    assert report.ok and report.written and report.max_abs_diff == 0 and report.tolerance == 0
+    path = buffered / f"model.{fmt}"
+    ck = last_checkpoint(buffered)
+    assert set(ck.state) == set(BUFFERED)
+    for lname, c in BUFFERED.items():  # trained: the running statistics moved from mean 0, variance 1
+        assert not np.array_equal(ck.state[lname]["running_mean"], np.zeros(c))
+        assert not np.array_equal(ck.state[lname]["running_var"], np.ones(c))
+    assert_same_params(read_buffers(path), ck.state, dtype)
+    assert_same_params(read_export(path), ck.weights, dtype)
+    if fmt == "npz":
+        with np.load(path, allow_pickle=False) as npz:
+            assert {k for k in npz.files if k.startswith("__state__/")} == {
+                f"__state__/{l}/{b}" for l in BUFFERED for b in ("running_mean", "running_var")
+            }
+    else:
+        rows = json.loads(path.read_text(encoding="utf-8"))["layers"]
+        assert [r["name"] for r in rows if "state" in r] == list(BUFFERED)  # only layers with buffers
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "npz", "json"])
+def test_every_forward_pass_of_an_export_is_in_the_eval_phase(
+    buffered: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check compares inference: no dropout mask drawn, the running statistics used and not moved."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    from cnnbp.core.network import Sequential
+
+    phases: list[set[str]] = []
+    real = Sequential.forward
+
+    def spy(self: Sequential, x: np.ndarray) -> np.ndarray:
+        phases.append({layer.phase for layer in self.layers})
+        return real(self, x)
+
+    monkeypatch.setattr(Sequential, "forward", spy)
+    report = cnnbp.export(buffered, format=fmt)
+    assert report.ok and phases and all(p == {"eval"} for p in phases), phases
+
+
+def test_onnx_export_of_a_batchnorm_run_scales_by_the_eval_outputs(ort, buffered: Path) -> None:
+    """The tolerance's scale is the largest inference output (the checkpoint's network in the eval phase)."""
+    report = cnnbp.export(buffered)
+    ck = last_checkpoint(buffered)
+    net = ck.network()
+    with net.in_phase("eval"):
+        out = net.forward(ck.probe_x)
+    assert report.ok and report.output_scale == max(1.0, float(np.abs(out).max()))
+    assert report.max_abs_diff <= 1e-9 * report.output_scale
+
+
+def without_buffers(data: bytes, fmt: str) -> bytes:
+    """An exported file's bytes as an export written before buffers were exported (none in it)."""
+    if fmt == "npz":
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            kept = {k: npz[k] for k in npz.files if not k.startswith("__state__/")}
+        buf = io.BytesIO()
+        np.savez(buf, **kept)
+        return buf.getvalue()
+    doc = json.loads(data)
+    for row in doc["layers"]:
+        row.pop("state", None)
+    return json.dumps(doc).encode("utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_verification_notices_a_file_without_buffers(
+    buffered: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that leaves the buffers out is caught by the check (the fresh network does not take them
+    from the checkpoint): an error naming the layer, nothing written."""
+    from cnnbp import exporting
+
+    if fmt == "npz":
+        real_npz = exporting.to_npz_bytes
+        monkeypatch.setattr(exporting, "to_npz_bytes", lambda *a: without_buffers(real_npz(*a), "npz"))
+    else:
+        real_json = exporting.to_json_text
+        monkeypatch.setattr(
+            exporting, "to_json_text", lambda *a: without_buffers(real_json(*a).encode(), "json").decode()
+        )
+    with pytest.raises(UserError, match="layer batchnorm2 has buffers running_mean, running_var, got none"):
+        cnnbp.export(buffered, format=fmt)
+    assert _listing(buffered) == ["checkpoints", "config.yaml", "metrics.csv"]
+
+
+def test_verification_notices_a_buffer_one_ulp_off(buffered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers are compared bit for bit: a reading that moves one running variance by one ulp is refused."""
+    from cnnbp import exporters
+
+    real = exporters.load_npz
+
+    def one_ulp_off(path: Path) -> exporters.ParamsFile:
+        loaded = real(path)
+        var = loaded.state["batchnorm6"]["running_var"]
+        var[0] = np.nextafter(var[0], np.inf)
+        return loaded
+
+    monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)
+    report = cnnbp.export(buffered, format="npz")
+    assert not report.ok and not report.written
+    assert 0 < report.max_abs_diff < 1e-6
+    assert _listing(buffered) == ["checkpoints", "config.yaml", "metrics.csv"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_init_from_an_export_loads_its_buffers(buffered: Path, tmp_path: Path, fmt: str, dtype: str) -> None:
+    """A run started from an export begins (checkpoint 0) with its parameters and running statistics."""
+    assert cnnbp.export(buffered, format=fmt).ok
+    path = buffered / f"model.{fmt}"
+    run = cnnbp.train(buffered_config(dtype, "again", init_from=str(path)), out=tmp_path).path
+    first = read_checkpoint(run / "checkpoints" / "0000.h5")
+    src = last_checkpoint(buffered)
+    for got, want in ((first.weights, src.weights), (first.state, src.state)):
+        assert_same_params(got, want, dtype)
+        assert {v.dtype for g in got.values() for v in g.values()} == {np.dtype(dtype)}
+
+
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_init_from_an_older_export_without_buffers(buffered: Path, fmt: str) -> None:
+    """An export written before buffers were exported still starts a run: its parameters, and the
+    network's initial running statistics (mean 0, variance 1)."""
+    assert cnnbp.export(buffered, format=fmt).ok
+    path = buffered / f"model.{fmt}"
+    path.write_bytes(without_buffers(path.read_bytes(), fmt))
+    with Session.new(buffered_config("float64", "old", init_from=str(path))) as dry:
+        assert_same_params(dry.net.parameters(), last_checkpoint(buffered).weights, "float64")
+        for lname, c in BUFFERED.items():
+            np.testing.assert_array_equal(dry.net.layer(lname).state["running_mean"], np.zeros(c))
+            np.testing.assert_array_equal(dry.net.layer(lname).state["running_var"], np.ones(c))
+
+
+def test_init_from_a_checkpoint_loads_its_buffers(buffered: Path) -> None:
+    with Session.new(buffered_config("float64", "again", init_from=str(buffered))) as dry:
+        src = last_checkpoint(buffered)
+        assert_same_params(dry.net.parameters(), src.weights, "float64")
+        assert_same_params(dry.net.state(), src.state, "float64")
+
+
+def test_init_from_buffers_that_do_not_fit_changes_nothing(buffered: Path, tmp_path: Path) -> None:
+    """Parameters that fit and a buffer of the wrong shape: an error naming the buffer, and the network
+    keeps its own parameters (all or nothing)."""
+    from cnnbp.config import build_network, config_from_dict
+    from cnnbp.runner import load_initial_weights
+
+    assert cnnbp.export(buffered, format="npz").ok
+    with np.load(buffered / "model.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["__state__/batchnorm2/running_mean"] = np.zeros(4)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    net = build_network(config_from_dict(buffered_config("float64", "x"))).build(
+        np.random.default_rng(0), np.float64
+    )
+    before = {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
+    with pytest.raises(UserError) as info:
+        load_initial_weights(net, str(bad))
+    assert str(info.value) == (
+        f"model.init_from: {bad}: layer batchnorm2 buffer running_mean has shape (4,), expected (3,)"
+    )
+    assert_same_params(net.parameters(), before, "float64")
+    np.testing.assert_array_equal(net.layer("batchnorm2").state["running_mean"], np.zeros(3))

@@ -15,8 +15,10 @@ from cnnbp.core import (
     MSE,
     SGD,
     Adam,
+    BatchNorm,
     Conv2D,
     Dense,
+    Dropout,
     Flatten,
     Layer,
     Loss,
@@ -59,6 +61,16 @@ SHAPED: dict[str, Callable[[], list[Layer]]] = {
     "pool_mean": lambda: around(Pool((2, 3), stride=(1, 2), mode="mean", name="pool")),
     "pool_lp": lambda: around(Pool(2, stride=1, mode="lp", p=3.0, name="pool")),
     "subsample": lambda: around(Subsample(2, name="sub"), act("sigmoid")),
+    # after a relu: a bias right before a batchnorm has a gradient of 0 (see the floor test below)
+    "batchnorm": lambda: around(act("relu"), BatchNorm(momentum=0.3, name="bn")),
+    "batchnorm_vector": lambda: [
+        Flatten(name="flat"),
+        Dense(5, name="dense"),
+        act("tanh"),
+        BatchNorm(eps=1e-3, name="bn"),
+        Dense(4, name="head"),
+    ],
+    "dropout": lambda: around(Dropout(0.5, name="drop"), act("tanh"), Dropout(0.25, name="drop2")),
 }
 
 
@@ -73,7 +85,7 @@ EXAMPLES = examples()
 
 
 def kind_of(example: str) -> str:
-    return example.split("_")[0] if example.split("_")[0] in ("conv", "pool") else example
+    return example.split("_")[0] if example.split("_")[0] in ("conv", "pool", "batchnorm") else example
 
 
 def has_mapping(net: Sequential) -> bool:
@@ -206,6 +218,76 @@ def test_kit_module_registers_owned_parameters_and_modules() -> None:
     module = module.to(torch.float64)
     assert module(torch.ones(1, 2, dtype=torch.float64)).dtype == torch.float64
     assert kit.F is torch.nn.functional and kit.nn is torch.nn and kit.torch is torch
+
+
+# ---- the agreement is deterministic: the engine's probe phase, the mirror's probe mode ------------------
+
+
+def test_probe_mode_puts_dropout_in_eval_and_restores_modes_and_buffers() -> None:
+    """Inside: train mode (batchnorm on batch statistics) but dropout in eval; afterwards the modes as they
+    were and the running statistics untouched, though train mode moves them."""
+    net = built([Conv2D(3, 3, name="c0"), BatchNorm(name="bn"), Dropout(0.5, name="drop"),
+                 Flatten(name="flat"), Dense(4, name="head")])  # fmt: skip
+    mirror = TorchMirror(net, SoftmaxCrossEntropy())
+    bn, drop = mirror.model[1], mirror.model[2]
+    assert mirror.stochastic == [drop]
+    mirror.model.eval()  # a mode other than the one probe_mode sets, to see it come back
+    before = {name: b.clone() for name, b in mirror.model.named_buffers()}
+    x, targets = batch()
+    with mirror.probe_mode():
+        assert mirror.model.training and bn.training and not drop.training
+        out = mirror.model(torch.from_numpy(x))
+        assert not torch.equal(bn.running_mean, before["1.running_mean"])  # train mode moved it
+    assert not any(m.training for m in mirror.model.modules())
+    for name, b in mirror.model.named_buffers():
+        assert torch.equal(b, before[name]), name
+    # dropout was the identity: the output is the same as without the dropout module
+    without = torch.nn.Sequential(*list(mirror.model)[:2], *list(mirror.model)[3:])
+    without.train()
+    np.testing.assert_array_equal(out.detach().numpy(), without(torch.from_numpy(x)).detach().numpy())
+    mirror.model.train()
+    mirror.gradients(x, targets["indices"])
+    assert mirror.model.training and drop.training  # gradients() put train mode back too
+
+
+def test_check_agreement_with_dropout_is_deterministic_and_updates_nothing() -> None:
+    """Dropout with rate 0.5: in training each side would drop values of its own and the losses would
+    differ; compared in probe phase / probe mode they agree, twice over, and neither side's running
+    statistics move (the engine's probe phase updates nothing, the mirror puts its buffers back)."""
+    net = built([Conv2D(3, 3, name="c0"), act("relu"), BatchNorm(name="bn"), Dropout(0.5, name="drop"),
+                 Flatten(name="flat"), Dense(4, name="head")])  # fmt: skip
+    x, targets = batch()
+    loss = SoftmaxCrossEntropy()
+    mirror = TorchMirror(net, loss)
+    first = check_agreement(net, loss, mirror, x, targets["indices"])
+    second = check_agreement(net, loss, mirror, x, targets["indices"])
+    assert first.ok and second.ok and first.max_rel_err <= TOL, first
+    assert first == second
+    # the initial running statistics (mean 0, variance 1) on both sides
+    bn = net.layer("bn").state
+    np.testing.assert_array_equal(bn["running_mean"], np.zeros(3))
+    np.testing.assert_array_equal(bn["running_var"], np.ones(3))
+    np.testing.assert_array_equal(mirror.model[2].running_mean.numpy(), np.zeros(3))
+    np.testing.assert_array_equal(mirror.model[2].running_var.numpy(), np.ones(3))
+    assert int(mirror.model[2].num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_bias_before_a_batchnorm_agrees_against_its_layers_scale(dtype: type) -> None:
+    """The bias of a conv right before a batchnorm has a gradient of exactly 0 (the batchnorm subtracts
+    the channel's mean, so a shift of the bias changes nothing): both sides compute rounding noise, which
+    agrees only against the scale of the layer's other gradient."""
+    net = built(around(BatchNorm(name="bn")), dtype)
+    x, targets = batch()
+    loss = SoftmaxCrossEntropy()
+    mirror = TorchMirror(net, loss)
+    agreement = check_agreement(net, loss, mirror, x.astype(dtype), targets["indices"])
+    assert agreement.ok, agreement
+    _, theirs = mirror.gradients(x.astype(dtype), targets["indices"])
+    eps = float(np.finfo(dtype).eps)
+    scale = float(np.abs(theirs["c0"]["W"]).max())
+    assert float(np.abs(theirs["c0"]["b"]).max()) <= 100 * eps * scale  # 0 up to rounding
+    assert float(np.abs(net.layer("c0").grads["b"]).max()) <= 100 * eps * scale
 
 
 # ---- no counterpart ------------------------------------------------------------------------------------

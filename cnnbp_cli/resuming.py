@@ -223,6 +223,10 @@ def restore(net: Sequential, optimizer: Optimizer, ck: Checkpoint) -> None:
         net.set_parameters(ck.weights, same_dtype=True)
     except ParameterError as e:
         raise UserError(f"{ck.path}: /weights: {e}") from None
+    try:
+        net.set_state(ck.state)
+    except ParameterError as e:
+        raise UserError(f"{ck.path}: /state: {e}") from None
     saved = ck.optimizer
     if saved.type != optimizer.kind:
         raise UserError(
