@@ -34,14 +34,24 @@ _NAMES = {
     "TensorCheck": "cnnbp.core.gradcheck",
     "Diverged": "cnnbp.core.trainer",
     "UserError": "cnnbp.errors",
+    "InternalError": "cnnbp.errors",
     "export": "cnnbp.exporting",
+    "evaluate": "cnnbp.evaluating",
+    "Evaluation": "cnnbp.evaluating",
+    "predict": "cnnbp.predicting",
+    "Prediction": "cnnbp.predicting",
     "check_layer": "cnnbp.layercheck",
     "LayerCheckReport": "cnnbp.layercheck",
     "load_plugin": "cnnbp.plugins",
+    "plot": "cnnbp.plotting",
     "Callback": "cnnbp.runner",
     "Interrupted": "cnnbp.runner",
+    "StepInfo": "cnnbp.runner",
     "Run": "cnnbp.runs",
     "load_run": "cnnbp.runs",
+    "sweep": "cnnbp.sweeping",
+    "trace": "cnnbp.tracing",
+    "TraceReport": "cnnbp.tracing",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
@@ -51,12 +61,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from cnnbp.core import *  # noqa: F401, F403
     from cnnbp.core.gradcheck import GradcheckResult, TensorCheck  # noqa: F401
     from cnnbp.core.trainer import Diverged  # noqa: F401
-    from cnnbp.errors import UserError  # noqa: F401
+    from cnnbp.errors import InternalError, UserError  # noqa: F401
+    from cnnbp.evaluating import Evaluation, evaluate  # noqa: F401
     from cnnbp.exporting import export  # noqa: F401
     from cnnbp.layercheck import LayerCheckReport, check_layer  # noqa: F401
+    from cnnbp.plotting import plot  # noqa: F401
     from cnnbp.plugins import load_plugin  # noqa: F401
-    from cnnbp.runner import Callback, Interrupted  # noqa: F401
+    from cnnbp.predicting import Prediction, predict  # noqa: F401
+    from cnnbp.runner import Callback, Interrupted, StepInfo  # noqa: F401
     from cnnbp.runs import Run, load_run  # noqa: F401
+    from cnnbp.sweeping import sweep  # noqa: F401
+    from cnnbp.tracing import TraceReport, trace  # noqa: F401
 
 
 def _version() -> str:

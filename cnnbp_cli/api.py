@@ -10,13 +10,23 @@ from cnnbp.runner import Callback, Session
 from cnnbp.runs import Run
 
 
-def _progress(quiet: bool, callbacks: Sequence[Callback]) -> list[Callback]:
-    if quiet:
-        return list(callbacks)
-    from cnnbp.render.console import stderr_console
-    from cnnbp.render.progress import EpochLines
+def _run(session: Session, out: Path, quiet: bool, callbacks: Sequence[Callback]) -> Run:
+    """Train ``session`` with the epoch lines (unless ``quiet``), ``train.log`` and ``callbacks``."""
+    from cnnbp.render.console import header_lines, stderr_console, summary_lines
+    from cnnbp.render.progress import EpochLines, TrainLog
 
-    return [EpochLines(stderr_console()), *callbacks]
+    log = TrainLog(header_lines(session))
+    progress = [] if quiet else [EpochLines(stderr_console())]
+    try:
+        summary = session.run(out, [*progress, log, *callbacks])
+        if summary is not None:
+            log.write(line.plain for line in summary_lines(summary))
+    except Exception as e:
+        log.write([f"error: {e}"])
+        raise
+    finally:
+        log.close()
+    return Run(session.run_dir)
 
 
 def train(
@@ -44,8 +54,7 @@ def train(
     """
     with Session.new(None if config is None else config if isinstance(config, dict) else Path(config),
                      overrides, name=name, epochs=epochs, seed=seed) as session:  # fmt: skip
-        session.run(Path(out), _progress(quiet, callbacks))
-        return Run(session.run_dir)
+        return _run(session, Path(out), quiet, callbacks)
 
 
 def resume(
@@ -61,5 +70,4 @@ def resume(
     a new total.  A run already at its total is returned as it is."""
     target = run.path if isinstance(run, Run) else run
     with Session.resumed(target, Path(out), epochs=epochs, force=force) as session:
-        session.run(Path(out), _progress(quiet, callbacks))
-        return Run(session.run_dir)
+        return _run(session, Path(out), quiet, callbacks)

@@ -7,7 +7,10 @@ and with ``vs_torch`` mirrors the network in PyTorch (:mod:`cnnbp.torch_mirror`)
 and the same kind of optimiser, checks that the loss and every gradient agree, then times both in
 alternation.  Nothing here prints.
 
-Threads: :func:`limit_threads` caps numpy's BLAS, :func:`use_threads` PyTorch's too.
+Threads: ``threads`` is the engine's setting (``train.threads``: the batch cut into that many shards,
+see :mod:`cnnbp.core.parallel`), run on as many threads as the shards and CPUs allow, each with one
+BLAS thread; PyTorch is given the same number of threads, so the two compare at matched counts.
+:func:`limit_threads` caps numpy's BLAS, :func:`use_threads` PyTorch's too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from cnnbp.core.gradcheck import relative_error
 from cnnbp.core.losses import MSE, Loss
 from cnnbp.core.network import Sequential
 from cnnbp.core.optim import Optimizer
+from cnnbp.core.parallel import Shards, Threads, shard_bounds, shard_count, usable_cpus
 from cnnbp.errors import UserError
 from cnnbp.torch_mirror import TORCH_HINT, TorchMirror, have_torch
 
@@ -45,6 +49,7 @@ __all__ = [
     "engine_step",
     "have_torch",
     "limit_threads",
+    "parse_threads",
     "profile_layers",
     "random_batch",
     "run_bench",
@@ -123,11 +128,14 @@ class BenchResult:
     batch: int
     dtype: str
     steps: int
+    #: ``engine``: threads running the engine's shards, ``shards``: the batch's shards, ``blas``: BLAS
+    #: threads (of each engine thread), ``torch``: PyTorch's threads (None without it)
     threads: dict[str, int | None]
     engine: Timing
-    layers: list[LayerTime]
+    layers: list[LayerTime]  # profiled on one thread, over one shard of ``profile_batch`` samples
     other_ms: float  # loss, gradient scaling and the optimiser's update
     optimizer: str  # the optimiser's class name
+    profile_batch: int = 0
     torch: Timing | None = None
     agreement: Agreement | None = None
     ratio: float | None = None  # engine median / torch median (alternating runs)
@@ -208,6 +216,19 @@ def torch_wait_passively() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def parse_threads(value: str | int | None) -> Threads:
+    """``auto`` or a positive integer (``--threads``, ``train.threads``); ValueError otherwise."""
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected auto or a positive integer, got {value!r}") from None
+    if n < 1 or str(n) != str(value).strip():
+        raise ValueError(f"expected auto or a positive integer, got {value!r}")
+    return n
+
+
 def use_threads(n: int, *, torch: bool, argv: list[str] | None = None) -> None:
     """Cap numpy's BLAS at ``n`` threads (see :func:`limit_threads`) and, with ``torch``, PyTorch too
     (imported here; its workers wait passively when ``n`` > 1)."""
@@ -236,13 +257,23 @@ def random_batch(
 
 
 def engine_step(
-    net: Sequential, loss: Loss, optimizer: Optimizer, x: np.ndarray, y: np.ndarray
+    net: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    x: np.ndarray,
+    y: np.ndarray,
+    shards: Shards | None = None,
+    threads: int = 1,
 ) -> Callable[[], None]:
-    """One training step as the trainer does it (no input gradient), as a callable."""
+    """One training step as the trainer does it (no input gradient), as a callable; with ``shards`` the
+    batch is cut into them and run on ``threads`` threads."""
     params, grads = net.parameters(), net.grads()
 
     def step() -> None:
-        net.gradients(x, y, loss, input_grad=False)
+        if shards is None:
+            net.gradients(x, y, loss, input_grad=False)
+        else:
+            shards.gradients(x, y, threads)
         optimizer.step(params, grads)
 
     return step
@@ -373,28 +404,63 @@ def run_bench(
     seed: int = 0,
     vs_torch: bool = False,
     warmup: int = 3,
+    threads: Threads = "auto",
 ) -> BenchResult:
     """Build ``net`` in ``dtype`` (seeded), time ``steps`` training steps on one random batch, profile
     the layers, and with ``vs_torch`` check agreement and time PyTorch (same optimiser kind and
-    hyper-parameters) in alternation.  ``optimizer`` is stepped; its state is put back afterwards."""
+    hyper-parameters) in alternation.  ``optimizer`` is stepped; its state is put back afterwards.
+
+    ``threads`` is the engine's setting (``train.threads``); the engine's shards run on
+    ``min(shards, CPUs)`` threads, and PyTorch is timed on as many (its count is put back after)."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     net.build(rng, dtype)
     x, y = random_batch(net, loss, batch, dtype, rng)
+    split = shard_count(threads, net, batch)
+    running = min(split, usable_cpus())
 
     mirror = agreement = None
     if vs_torch:
         if not have_torch():
             raise UserError(TORCH_HINT)
+        if running > 1:
+            torch_wait_passively()
         mirror = TorchMirror(net, loss)  # same initial weights
         agreement = check_agreement(net, loss, mirror, x, y)
+    torch_before = mirror.torch.get_num_threads() if mirror is not None else 0
+    try:
+        if mirror is not None:
+            mirror.torch.set_num_threads(running)
+        return _timed(net, loss, optimizer, x, y, split, running, mirror, agreement, name, steps, warmup)
+    finally:
+        if mirror is not None:
+            mirror.torch.set_num_threads(torch_before)
+
+
+def _timed(
+    net: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    x: np.ndarray,
+    y: np.ndarray,
+    split: int,
+    running: int,
+    mirror: TorchMirror | None,
+    agreement: Agreement | None,
+    name: str,
+    steps: int,
+    warmup: int,
+) -> BenchResult:
+    """The timing part of :func:`run_bench`: engine (and PyTorch) in alternation, then the profile."""
+    batch, dtype = x.shape[0], net.dtype
 
     # time the engine and torch from the same weights: keep a copy, restore it before profiling; the
     # buffers too (training steps move batchnorm's running statistics)
     start = {l: {k: v.copy() for k, v in g.items()} for l, g in net.parameters().items()}
     start_state = {l: {k: v.copy() for k, v in g.items()} for l, g in net.state().items()}
     opt_start = optimizer.state_dict()
-    fns = [engine_step(net, loss, optimizer, x, y)]
+    shards = Shards(net, loss, split) if split > 1 else None
+    fns = [engine_step(net, loss, optimizer, x, y, shards, running)]
     if mirror is not None:
         fns.append(mirror.step_fn(x, y, optimizer))
     times = alternate(fns, steps, warmup)  # with the engine alone: plain repeated steps
@@ -406,7 +472,8 @@ def run_bench(
     net.set_parameters(start)
     net.set_state(start_state)
     optimizer.load_state_dict(opt_start)
-    layers, other = profile_layers(net, loss, optimizer, x, y, max(3, min(steps, 50)))
+    lo, hi = shard_bounds(batch, split)[0]  # what one thread computes
+    layers, other = profile_layers(net, loss, optimizer, x[lo:hi], y[lo:hi], max(3, min(steps, 50)))
     net.set_parameters(start)
     net.set_state(start_state)
     optimizer.load_state_dict(opt_start)
@@ -415,7 +482,12 @@ def run_bench(
         batch=batch,
         dtype=dtype.name,
         steps=steps,
-        threads={"blas": blas_threads(), "torch": mirror.torch.get_num_threads() if mirror else None},
+        threads={
+            "engine": running,
+            "shards": split,
+            "blas": blas_threads(),
+            "torch": mirror.torch.get_num_threads() if mirror else None,
+        },
         engine=engine,
         layers=layers,
         other_ms=other,
@@ -423,4 +495,5 @@ def run_bench(
         torch=torch_timing,
         agreement=agreement,
         ratio=ratio,
+        profile_batch=hi - lo,
     )

@@ -2,8 +2,9 @@
 for a config, a run or a checkpoint.
 
 What is checked: every parameter gradient, every layer's per-sample delta and the input gradient of
-a small batch, element by element, against finite differences of the loss (see ``core/gradcheck.py``
-for the methods, the relative error and kink detection).
+a small batch, element by element (or, ``mode="directional"``, along random directions per tensor),
+against finite differences of the loss (see ``core/gradcheck.py`` for the methods, the relative
+error, the checks at kinks and near points of low smoothness).
 
 The network (``target``):
 
@@ -40,7 +41,18 @@ import numpy as np
 
 from cnnbp.checkpoint import Checkpoint, read_checkpoint
 from cnnbp.config import RunConfig, build_loss, build_network, config_from_dict, load_config
-from cnnbp.core.gradcheck import FAIL, KINK, METHODS, PASS, GradcheckResult, TensorCheck, non_analytic_layers
+from cnnbp.core.gradcheck import (
+    FAIL,
+    KINK,
+    METHODS,
+    MODES,
+    PASS,
+    UNCHECKED,
+    GradcheckResult,
+    Progress,
+    TensorCheck,
+    non_analytic_layers,
+)
 from cnnbp.core.gradcheck import gradcheck as check_gradients
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
@@ -89,7 +101,8 @@ class GradcheckReport:
 
     @property
     def passed(self) -> bool:
-        """True when no row FAILs (KINK rows allowed; ``ok(strict=True)`` fails them too)."""
+        """True when no row FAILs (KINK and UNCHECKED rows allowed; ``ok(strict=True)`` fails UNCHECKED
+        elements too)."""
         return self.result.passed
 
     def ok(self, strict: bool = False) -> bool:
@@ -107,7 +120,9 @@ class GradcheckReport:
             "eps": r.eps, "rtol": r.rtol, "atol_floor": r.atol_floor, "samples": r.samples,
             "seconds": r.seconds, "cast_from": r.cast_from, "strict": strict,
             "verdict": PASS if r.ok(strict) else FAIL,
-            "counts": {status: sum(row.status == status for row in r.rows) for status in (PASS, FAIL, KINK)},
+            "counts": {status: sum(row.status == status for row in r.rows)
+                       for status in (PASS, FAIL, KINK, UNCHECKED)},
+            "unchecked": r.unchecked, "mode": r.mode, "directions": r.directions,
             "rows": [_row_dict(row) for row in r.rows],
         }  # fmt: skip
 
@@ -116,7 +131,7 @@ def _row_dict(r: TensorCheck) -> dict[str, Any]:
     d = asdict(r)
     d["shape"] = list(r.shape)
     d["worst_index"] = list(r.worst_index)
-    for key in ("max_rel_error", "analytic", "numeric"):
+    for key in ("max_rel_error", "analytic", "numeric", "backward", "forward"):
         d[key] = json_number(d[key])
     return d
 
@@ -249,8 +264,22 @@ def choose_inputs(
     return data.x_train[pick], data.y_train[pick], "data", text, index
 
 
-def check_options(check_all: bool | None, per_tensor: int | None, eps: float | None, rtol: float) -> None:
+def check_options(
+    check_all: bool | None, per_tensor: int | None, eps: float | None, rtol: float, mode: str = "elements",
+    directions: int | None = None,
+) -> None:  # fmt: skip
     """The numeric options of a check, or a UserError naming the one at fault."""
+    if mode not in MODES:
+        raise UserError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if directions is not None and (
+        isinstance(directions, bool) or not isinstance(directions, int) or directions < 1
+    ):
+        raise UserError(f"--directions: expected an integer ≥ 1, got {directions!r}")
+    if directions is not None and mode != "directional":
+        raise UserError("--directions: only with --mode directional")
+    if mode == "directional" and (check_all or per_tensor is not None):
+        dropped = "--all" if check_all else "--per-tensor"
+        raise UserError(f"--mode directional: checks whole tensors; drop {dropped}")
     if check_all and per_tensor is not None:
         raise UserError("--all and --per-tensor: use one or the other")
     if per_tensor is not None and (
@@ -340,18 +369,24 @@ def gradcheck(
     rtol: float = 1e-6,
     seed: int | None = None,
     overrides: Sequence[str] = (),
+    mode: str = "elements",
+    directions: int | None = None,
+    progress: Progress | None = None,
 ) -> GradcheckReport:
     """Check every parameter gradient, layer delta and input gradient of ``target`` by finite
     differences (see the module docstring); ``result.passed`` says whether no row FAILs.
 
     ``method``: central, richardson, complex or auto (complex where the network is analytic, else
     central).  ``check_all`` every element (default: up to 20,000 parameters), ``per_tensor`` K
-    elements per tensor; ``layers`` only these (``"input"`` the input gradient).  Raises UserError for
-    a bad target or option.
+    elements per tensor; ``layers`` only these (``"input"`` the input gradient).  ``mode``
+    ``directional`` checks each tensor along ``directions`` random directions (default 16) and
+    element by element only where one fails.  ``progress(done, total)`` is called as the check
+    goes.  Raises UserError for a bad target or option.
     """
     subject, selected, rng = prepare(target, method=method, checkpoint=checkpoint, samples=samples,
                                      layers=layers, seed=seed, overrides=overrides)  # fmt: skip
-    return run_check(subject, selected, rng, check_all=check_all, per_tensor=per_tensor, eps=eps, rtol=rtol)
+    return run_check(subject, selected, rng, check_all=check_all, per_tensor=per_tensor, eps=eps, rtol=rtol,
+                     mode=mode, directions=directions, progress=progress)  # fmt: skip
 
 
 def run_check(
@@ -363,13 +398,17 @@ def run_check(
     per_tensor: int | None = None,
     eps: float | None = None,
     rtol: float = 1e-6,
+    mode: str = "elements",
+    directions: int | None = None,
+    progress: Progress | None = None,
 ) -> GradcheckReport:
     """The check of a prepared subject (the options checked first: UserError naming a bad one)."""
-    check_options(check_all, per_tensor, eps, rtol)
+    check_options(check_all, per_tensor, eps, rtol, mode, directions)
     try:
         result = check_gradients(
             subject.net, subject.loss, subject.x, subject.y, method=subject.requested_method, eps=eps,
-            rtol=rtol, layers=selected, per_tensor=per_tensor, check_all=check_all, rng=rng,
+            rtol=rtol, layers=selected, per_tensor=per_tensor, check_all=check_all, rng=rng, mode=mode,
+            directions=directions, progress=progress,
         )  # fmt: skip
     except ValueError as e:  # the options are checked before; keep core's words for anything left
         raise UserError(f"gradcheck: {e}") from None

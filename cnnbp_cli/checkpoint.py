@@ -17,6 +17,8 @@ The one checkpoint writer and reader.  A file stands on its own (format 2):
                           network has none
 /grads/<layer>/<param>    gradient of the probe batch's mean loss at these weights
 /deltas/<layer>           (n_probe, *output_shape): per-sample ∂L_x/∂(layer output), for EVERY layer
+/activations/<layer>      (n_probe, *output_shape): the probe samples' output of EVERY layer (absent
+                          from checkpoints written before it was recorded: ``activations`` is then {})
 /probe/x, /probe/y        the probe samples and their targets (class indices or target vectors)
 /probe/index              their indices in the training set
 /optimizer                attrs: type (sgd, adam, ...), t (updates so far), and its hyper-parameters
@@ -41,10 +43,13 @@ schedule; when ``/resume`` says the epoch is not complete it holds the state aft
 
 Integrity: the file starts with a 512-byte HDF5 *user block* (HDF5 itself skips it) holding
 ``cnnbp-checkpoint sha256 <64 hex digits>``, the SHA-256 of every byte after the block.  The file is
-built in memory and written with :func:`cnnbp.files.write_atomic`; no HDF5 call ever touches the
-run folder.  A reader loads the bytes, checks the checksum, and only then lets HDF5 parse them (from
-memory), so a truncated, bit-flipped or foreign file is reported as damaged instead of loading wrong
-numbers (or sending the HDF5 library into one of the loops some damaged files cause).
+built in HDF5's own memory (its core driver, no backing file) and written with
+:func:`cnnbp.files.write_atomic` (ordinary file I/O, fsync, rename); no HDF5 call ever touches the run
+folder, so a full or read-only disk is one clean error and every earlier checkpoint stays whole.  A
+reader loads the bytes, checks the checksum, and only then lets HDF5 parse them (from memory), so a
+truncated, bit-flipped or foreign file is reported as damaged instead of loading wrong numbers (or
+sending the HDF5 library into one of the loops some damaged files cause).  Neither way calls back into
+Python from HDF5, so Ctrl-C is never swallowed inside an HDF5 call.
 
 Layer names such as ``conv1.relu`` are used as HDF5 names as they are.  Arrays are stored in the run's
 dtype.
@@ -53,8 +58,9 @@ dtype.
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -149,6 +155,8 @@ class Checkpoint:
     history: dict[str, np.ndarray]
     resume: ResumeRecord
     state: Params = field(default_factory=dict)  # non-trainable buffers, {layer: {buffer: array}}
+    #: {layer: (n_probe, *output_shape)} the probe batch's layer outputs; empty when not recorded
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:
@@ -224,6 +232,7 @@ def checkpoint_bytes(
     history: Mapping[str, Sequence[float] | np.ndarray],
     resume: ResumeRecord,
     interrupted: bool = False,
+    activations: Mapping[str, np.ndarray] | None = None,
 ) -> bytes:
     """The bytes of one checkpoint file, built in memory and sealed with its checksum.
 
@@ -231,8 +240,7 @@ def checkpoint_bytes(
     ``history`` the metric columns of every epoch so far.  Arrays are cast to the network's dtype.
     """
     dtype = np.dtype(net.dtype or np.float64)
-    buf = io.BytesIO()
-    with h5py.File(buf, "w", userblock_size=USERBLOCK) as f:
+    with _memory_file("w") as f:
         _write_header(f, run_name, epoch, step, seed, loss, dtype, interrupted, metrics)
         f.create_dataset("config", data=config, dtype=h5py.string_dtype())
         _write_model(f.create_group("model"), net)
@@ -243,6 +251,10 @@ def checkpoint_bytes(
         dg = f.create_group("deltas")
         for name, d in deltas.items():
             dg.create_dataset(_check_name(name), data=np.asarray(d).astype(dtype, copy=False))
+        if activations is not None:
+            ag = f.create_group("activations")
+            for name, a in activations.items():
+                ag.create_dataset(_check_name(name), data=np.asarray(a).astype(dtype, copy=False))
         pg = f.create_group("probe")
         pg.create_dataset("x", data=np.asarray(probe_x).astype(dtype, copy=False))
         y = np.asarray(probe_y)
@@ -254,10 +266,41 @@ def checkpoint_bytes(
             kind = np.int64 if column in ("epoch", "step") else np.float64
             mg.create_dataset(column, data=np.asarray(values).astype(kind))
         _write_resume(f.create_group("resume").attrs, resume)
-    data = bytearray(buf.getvalue())
-    digest = hashlib.sha256(memoryview(data)[USERBLOCK:]).hexdigest().encode("ascii")
-    data[:USERBLOCK] = (_HEADER + digest + b"\n").ljust(USERBLOCK, b"\0")
-    return bytes(data)
+        f.flush()
+        image = f.id.get_file_image()  # from the superblock on: HDF5 leaves the user block out
+    if not image.startswith(_HDF5_SIGNATURE):  # an HDF5 that keeps the (empty) user block in the image
+        image = image[USERBLOCK:]
+    header = (_HEADER + _sha256(image).encode("ascii") + b"\n").ljust(USERBLOCK, b"\0")
+    return header + image
+
+
+_CHUNK = 1 << 24
+_names = itertools.count()
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    """The SHA-256 hex digest, taken in pieces so a signal is handled between them."""
+    h, view = hashlib.sha256(), memoryview(data)
+    for i in range(0, len(view), _CHUNK):
+        h.update(view[i : i + _CHUNK])
+    return h.hexdigest()
+
+
+def _memory_file(mode: str, image: bytes | None = None) -> h5py.File:
+    """An HDF5 file in HDF5's own memory (the core driver, no backing file): a new one (``"w"``, with
+    the user block) or one opened from ``image`` (``"r"``).
+
+    Why not a Python file object: h5py then calls back into Python for every read and write, and an
+    exception raised in a callback (Ctrl-C) is swallowed there.  The name is unique in the process, as
+    HDF5 takes two open files of one name for one file.
+    """
+    name = f"cnnbp-memory-{os.getpid()}-{next(_names)}.h5"
+    if mode == "w":
+        return h5py.File(name, "w", driver="core", backing_store=False, userblock_size=USERBLOCK)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fapl_core(backing_store=False)
+    fapl.set_file_image(image)
+    return h5py.File(h5py.h5f.open(name.encode(), h5py.h5f.ACC_RDONLY, fapl=fapl))
 
 
 def _write_header(
@@ -380,13 +423,13 @@ def read_checkpoint(path: Path) -> Checkpoint:
             raise UserError(f"{path}: not a cnnbp checkpoint (an HDF5 file without cnnbp's checksum)")
         raise UserError(f"{path}: not a cnnbp checkpoint (not an HDF5 file)")
     expected = data[len(_HEADER) : len(_HEADER) + 64]
-    if len(data) <= USERBLOCK or hashlib.sha256(data[USERBLOCK:]).hexdigest().encode("ascii") != expected:
+    if len(data) <= USERBLOCK or _sha256(memoryview(data)[USERBLOCK:]).encode("ascii") != expected:
         raise UserError(
             f"{path}: cannot read checkpoint, truncated or corrupt file (its content does not match its "
             "checksum)"
         )
     try:
-        with h5py.File(io.BytesIO(data), "r") as f:
+        with _memory_file("r", data) as f:
             return _read(f, path)
     except UserError:
         raise
@@ -453,6 +496,7 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
         history={k: v[()] for k, v in need("metrics").items()},
         resume=_read_resume(need("resume")),
         state=_read_params(f["state"], names) if "state" in f else {},
+        activations={n: f[f"activations/{n}"][()] for n in names if f"activations/{n}" in f},
     )
 
 

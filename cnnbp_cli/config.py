@@ -17,7 +17,6 @@ a copy of the resolved config stored in a run folder still points at the same fi
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,17 @@ from typing import Any, NoReturn
 import numpy as np
 from pydantic import ValidationError
 
-from cnnbp.config_schema import MAX_NAME, MAX_SEED, WEIGHT, first_error, parametric, schema_model, show
+from cnnbp import memory
+from cnnbp.config_schema import (
+    DIVERGENCE_FACTOR,
+    MAX_NAME,
+    MAX_SEED,
+    WEIGHT,
+    first_error,
+    parametric,
+    schema_model,
+    show,
+)
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import hyper_params
 from cnnbp.core.init import SCHEMES, Constant, Explicit, Initializer
@@ -36,6 +45,7 @@ from cnnbp.core.losses import LOSSES, Loss
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.core.optim import OPTIMIZERS, Optimizer
 from cnnbp.core.registry import LAYERS
+from cnnbp.core.schedules import SCHEDULES, Schedule
 from cnnbp.data import PATH_SOURCES, DataSpec
 from cnnbp.errors import UserError
 from cnnbp.plugins import load_plugins, plugin_specs
@@ -50,6 +60,8 @@ __all__ = [
     "build_loss",
     "build_network",
     "build_optimizer",
+    "build_schedule",
+    "check_memory",
     "check_model",
     "config_from_dict",
     "default_config_path",
@@ -89,15 +101,28 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingSpec:
+    """``train.early_stopping``: stop when ``monitor`` has not improved by more than ``min_delta`` for
+    ``patience`` epochs."""
+
+    monitor: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class TrainSpec:
-    """The ``train`` section: the loop's settings, the optimiser's name and its hyper-parameters."""
+    """The ``train`` section: the loop's settings, the optimiser's name and its hyper-parameters, the
+    learning-rate schedule (``{type, ...}`` or None) and early stopping (or None)."""
 
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "sgd"
     hyper: dict[str, Any] = field(default_factory=lambda: {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
     shuffle: bool = True
-    divergence_factor: float | None = None
+    divergence_factor: float | None = DIVERGENCE_FACTOR
+    schedule: dict[str, Any] | None = None
+    early_stopping: EarlyStoppingSpec | None = None
 
     @property
     def lr(self) -> float:
@@ -106,10 +131,15 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """The ``record`` section: probe samples per checkpoint, and a checkpoint every ``every`` epochs."""
+    """The ``record`` section: probe samples per checkpoint, a checkpoint every ``every`` epochs, the
+    metric that makes an epoch the best (``monitor``) and the checkpoints kept on disk (``keep``:
+    ``all``, ``best`` or ``last-K``)."""
 
     probe: int = 8
     every: int = 1
+    monitor: str = "val_loss"
+    keep: str = "all"
+    tensorboard: bool = False  # also write TensorBoard event files as the run trains
 
 
 @dataclass(frozen=True)
@@ -213,7 +243,10 @@ def config_from_dict(
     data, data_raw = _data(valid.data, base_dir)
     model, model_raw = _model(valid.model, base_dir)
     train, train_raw = _train(valid.train)
-    record = RecordSpec(probe=valid.record.probe, every=valid.record.every)
+    r = valid.record
+    record = RecordSpec(
+        probe=r.probe, every=r.every, monitor=r.monitor, keep=r.keep, tensorboard=r.tensorboard
+    )
     resolved = {
         **({"plugins": [p.record() for p in loaded]} if loaded else {}),
         "name": name,
@@ -223,7 +256,8 @@ def config_from_dict(
         "model": model_raw,
         "loss": valid.loss,
         "train": train_raw,
-        "record": {"probe": record.probe, "every": record.every},
+        "record": {"probe": r.probe, "every": r.every, "monitor": r.monitor, "keep": r.keep,
+                   "tensorboard": r.tensorboard},
     }
     cfg = RunConfig(name, valid.seed, valid.dtype, data, model, valid.loss, train, record, resolved, base_dir)
     _check_shapes(cfg)
@@ -271,9 +305,11 @@ def _train(t: Any) -> tuple[TrainSpec, dict]:
     given = t.model_dump()
     opt = OPTIMIZERS[given["optimizer"]]
     hyper = {p.name: _plain(given[p.name]) for p in hyper_params(opt)}
+    stopping = given["early_stopping"]
     spec = TrainSpec(
         epochs=given["epochs"], batch_size=given["batch_size"], optimizer=given["optimizer"], hyper=hyper,
-        shuffle=given["shuffle"], divergence_factor=given["divergence_factor"],
+        shuffle=given["shuffle"], divergence_factor=given["divergence_factor"], schedule=given["schedule"],
+        early_stopping=EarlyStoppingSpec(**stopping) if stopping is not None else None,
     )  # fmt: skip
     return spec, {k: _plain(v) for k, v in given.items()}
 
@@ -354,6 +390,7 @@ def _param_shapes(input_shape: tuple[int, ...], made: list) -> dict[str, dict[st
             act = LAYERS[spec.activation](name=f"{spec.name}.{spec.activation}")
             layers.append(act)
             path_of[act.name] = spec.path
+    _check_sizes(input_shape, layers, path_of)
     try:
         infos = Sequential(layers, input_shape).summary()
     except ShapeError as e:
@@ -465,6 +502,44 @@ def build_optimizer(cfg: RunConfig) -> Optimizer:
     return OPTIMIZERS[cfg.train.optimizer].from_hyper(cfg.train.hyper)
 
 
+def build_schedule(cfg: RunConfig) -> Schedule | None:
+    """The learning-rate schedule ``train.schedule`` names (None without one)."""
+    given = cfg.train.schedule
+    if given is None:
+        return None
+    return SCHEDULES[given["type"]](**{k: v for k, v in given.items() if k != "type"})
+
+
+#: the most values one sample may have at a layer's input or output: beyond any memory, and far enough
+#: below 2^63 that no size computed from shapes (in NumPy's int64 too) can overflow
+MAX_VALUES = 2**40
+
+
+def _check_sizes(input_shape: tuple[int, ...], layers: Sequence[Layer], place_of: Mapping[str, str]) -> None:
+    """UserError at the first layer whose per-sample output (or the input) has more than
+    :data:`MAX_VALUES` values, found with Python's integers before anything multiplies shapes in int64
+    (``padding: 1000000000000`` once gave an output size of −2416598432054378464).  ``place_of`` maps a
+    layer's name to its key path."""
+    shape, place = tuple(input_shape), "model.input_shape"
+    for layer in [None, *layers]:
+        sizes = {"the input": shape}
+        if layer is not None:
+            try:
+                sizes = {f"its parameter {k}": tuple(v) for k, v in layer.param_shapes(shape).items()}
+                shape = sizes["its output"] = tuple(layer.output_shape(shape))
+            except Exception:  # noqa: BLE001 - the shape error itself is reported by summary()
+                return
+            place = place_of.get(layer.name, "model.layers")
+        for what, size in sizes.items():
+            n = math.prod(int(s) for s in size)
+            if n > MAX_VALUES:
+                per = " per sample" if what in ("the input", "its output") else ""
+                _fail(place, f"{what} {_fmt_shape(size)} has {n:.3g} values{per}, more than cnnbp can hold "
+                             "(2^40); use smaller sizes")  # fmt: skip
+        if any(int(s) < 1 for s in shape):
+            return
+
+
 def _check_shapes(cfg: RunConfig) -> list[LayerInfo]:
     """Shape inference through core, explicit init shapes, and a vector output."""
     net = build_network(cfg)
@@ -498,50 +573,95 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape) if len(shape) else "()"
 
 
-def _fmt_bytes(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
-
-
 def _memory_budget() -> int | None:
-    """Half of the machine's physical memory in bytes, or None where it cannot be found."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (AttributeError, ValueError, OSError):
-        return None
+    """Bytes this process can still allocate (:func:`cnnbp.memory.available`); None where unknown."""
+    return memory.available()
 
 
-def _memory_estimate(cfg: RunConfig, infos: list[LayerInfo]) -> int:
-    """Rough bytes for one training batch.
+#: what a step needs beside its arrays, whatever their size: the interpreter's and BLAS's working memory
+STEP_OVERHEAD = 64 * 2**20
+#: what each thread beyond the first reserves (its stack, its malloc arena, OpenBLAS's buffer): address
+#: space, counted only where ``ulimit -v`` limits it (it is hardly memory in use)
+THREAD_OVERHEAD = 128 * 2**20
+#: the evaluation batches: ``max(train.batch_size, EVAL_BATCH)`` samples (cnnbp.core.trainer.Trainer.evaluate)
+EVAL_BATCH = 256
+#: the phases of a run whose peaks are estimated, the key each message names and what to change there
+_PHASES = {
+    "train": ("model", "training in batches of {n}", "use a smaller model or train.batch_size"),
+    "evaluate": ("model", "evaluation ({n} samples at once)",
+                 "use a smaller model (evaluation runs batches of at least 256)"),
+    "probe": ("record.probe", "recording {n} probe samples at every checkpoint",
+              f"lower record.probe (default {RecordSpec.probe})"),
+}  # fmt: skip
 
-    Parameters ×3 (values, gradients, optimiser state); per-sample input and every layer output ×3
-    (forward value, the delta, a temporary); each layer's scratch (a conv's im2col columns) ×2 (kept for
-    backward, and its delta).
+
+def memory_need(
+    cfg: RunConfig, infos: list[LayerInfo], n_train: int | None = None, n_val: int | None = None
+) -> dict[str, tuple[int, int]]:
+    """``{phase: (bytes, samples)}`` at the peak of each phase of a run, beyond the data arrays.
+
+    ``train``: one batch forward and backward; ``evaluate``: the validation batches in flight (one per
+    shard of a batch cut for threads; one batch without ``n_val``); ``probe``: the probe batch
+    (``min(record.probe, n_train)``; 0 without ``n_train``) with delta recording and its checkpoint
+    built in memory.  Each counts the parameters (values, gradients and optimiser state, ×4, and values
+    and gradients of every extra shard's replica) and fixed overheads (:data:`STEP_OVERHEAD`, and
+    :data:`THREAD_OVERHEAD` per extra shard under ``ulimit -v``).  Per sample, in the run's dtype:
+    training and evaluation 3 per value of the input and of every layer's output (the forward value,
+    the delta, a temporary) and 2 per scratch value (a conv's im2col columns, kept for backward, and
+    their delta); the probe 12 per value (the same, the recorded deltas and outputs, and the
+    checkpoint's copies of them: HDF5's image and the file's bytes) and 2 per scratch value.  The
+    peaks measured (VmHWM) of the largest phase of the shipped configs (digits, dlt_mnist, lenet5;
+    float32 and float64) are 0.2 to 0.6 of these.
     """
+    from cnnbp.core.parallel import shard_count
+
     itemsize = np.dtype(cfg.dtype).itemsize
-    params = sum(info.n_params for info in infos)
-    values = math.prod(cfg.model.input_shape) + sum(math.prod(info.output_shape) for info in infos)
     net = build_network(cfg)
+    values = math.prod(cfg.model.input_shape) + sum(math.prod(info.output_shape) for info in infos)
     scratch = sum(layer.scratch_size(info.input_shape) for layer, info in zip(net.layers, infos, strict=True))
-    return itemsize * (3 * params + cfg.train.batch_size * (3 * values + 2 * scratch))
+    bs = cfg.train.batch_size
+    try:
+        shards = shard_count(getattr(cfg.train, "threads", "auto"), net, bs)
+    except Exception:  # noqa: BLE001 - a user's layer that cannot say: one shard
+        shards = 1
+    params = itemsize * sum(info.n_params for info in infos) * (4 + 2 * (shards - 1))
+    params += STEP_OVERHEAD + (THREAD_OVERHEAD * (shards - 1) if memory.address_space_limited() else 0)
+    # before the data is read (n_val None) the least it can be: one batch; then one per shard at most
+    in_flight = max(bs, EVAL_BATCH) if n_val is None else min(n_val, shards * max(bs, EVAL_BATCH))
+    probe = 0 if n_train is None else min(cfg.record.probe, n_train)
+    per_sample = itemsize * (3 * values + 2 * scratch)
+    return {
+        "train": (params + bs * per_sample, bs),
+        "evaluate": (params + in_flight * per_sample, in_flight),
+        "probe": (params + probe * itemsize * (12 * values + 2 * scratch), probe),
+    }
+
+
+def check_memory(
+    cfg: RunConfig, infos: list[LayerInfo], n_train: int | None = None, n_val: int | None = None
+) -> None:
+    """UserError when the phase of a run that needs the most memory (:func:`memory_need`) needs more
+    than this process can still allocate; the message names the key to change."""
+    budget = _memory_budget()
+    if budget is None:
+        return
+    need = memory_need(cfg, infos, n_train, n_val)
+    phase = max(need, key=lambda k: need[k][0])
+    place, what, fix = _PHASES[phase]
+    if phase == "evaluate" and cfg.train.batch_size >= EVAL_BATCH:  # its batches are train.batch_size
+        fix = _PHASES["train"][2]
+    memory.check_fits(need[phase][0], place, what.format(n=need[phase][1]), fix, budget)
 
 
 def check_model(cfg: RunConfig) -> list[LayerInfo]:
     """The model summary (one row per core layer), or a UserError naming the key path at fault.
 
-    Beyond :func:`config_from_dict`'s shape checks, rejects a model whose one training batch would need
-    more than half of this machine's memory.
+    Beyond :func:`config_from_dict`'s shape checks, rejects a model whose training or evaluation would
+    need more memory than this process can still allocate (:func:`check_memory`; the probe batch is
+    checked once the data's size is known).
     """
     infos = _check_shapes(cfg)
-    budget = _memory_budget()
-    if budget is not None:
-        need = _memory_estimate(cfg, infos)
-        if need > budget:
-            _fail(
-                "model",
-                f"needs about {_fmt_bytes(need)} for one batch of {cfg.train.batch_size}, over the "
-                f"{_fmt_bytes(budget)} budget (half of this machine's memory); use a smaller model or "
-                "train.batch_size",
-            )
+    check_memory(cfg, infos)
     return infos
 
 

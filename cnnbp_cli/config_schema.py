@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError
 
 from cnnbp.core.hyper import (
     Bound,
+    NonNegFloat,
     NonNegInt,
     PositiveFloat,
     PositiveInt,
@@ -51,6 +52,7 @@ from cnnbp.core.init import SCHEMES
 from cnnbp.core.losses import LOSSES
 from cnnbp.core.optim import OPTIMIZERS, Rate
 from cnnbp.core.registry import LAYERS
+from cnnbp.core.schedules import SCHEDULES
 from cnnbp.data import SOURCES, SPLIT_KEYS
 
 DTYPES = ("float32", "float64")
@@ -471,13 +473,75 @@ class Data(Section):
     y: Samples = None
 
 
+MONITORS = ("val_loss", "val_acc")
+#: the default of ``train.divergence_factor``: 100 × the first batch's loss (README, "Divergence")
+DIVERGENCE_FACTOR = 100.0
+_KEEP = re.compile(r"last-([1-9][0-9]*)")
+
+
+def check_keep(value: Any) -> str:
+    """``record.keep``: ``all``, ``best`` or ``last-K`` (K ≥ 1)."""
+    if value in ("all", "best") or (isinstance(value, str) and _KEEP.fullmatch(value)):
+        return value
+    guess = suggest(value, ["all", "best", "last-3"])
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    raise problem(f"must be all, best or last-K with K ≥ 1 (e.g. last-3), got {show(value)}{hint}")
+
+
+Keep = Custom(
+    check_keep,
+    {"anyOf": [{"enum": ["all", "best"]}, {"type": "string", "pattern": r"^last-[1-9][0-9]*$"}],
+     "description": "checkpoints kept on disk: all, best (and 0 and the last), last-K (and 0 and the best)"},
+)  # fmt: skip
+
+
 class Record(Section):
-    """What every checkpoint records."""
+    """What every checkpoint records, which epoch is the best, which checkpoints stay on disk."""
 
     nullable = True
 
     probe: Value(NonNegInt, "samples whose per-layer deltas are saved at every checkpoint") = 8
     every: Value(PositiveInt, "write a checkpoint every N epochs") = 1
+    monitor: Value(Literal[MONITORS], "the best epoch has the lowest val_loss or the highest val_acc") = (
+        "val_loss"
+    )
+    keep: Keep = "all"
+    tensorboard: Value(bool, "also write TensorBoard event files to the run's tensorboard/ folder") = False
+
+
+class EarlyStopping(Section):
+    """Stop when the monitored metric has not improved by more than min_delta for patience epochs."""
+
+    monitor: Value(Literal[MONITORS], "the metric watched after every epoch") = "val_loss"
+    patience: Value(PositiveInt, "epochs without improvement before the run stops") = 5
+    min_delta: Value(NonNegFloat, "a smaller change is no improvement") = 0.0
+
+
+def schedule_model(kind: str) -> type[Section]:
+    """The schema of ``train.schedule`` of ``type: kind``, from the schedule class's signature."""
+    cls = SCHEDULES[kind]
+    doc = (cls.__doc__ or kind).splitlines()[0]
+    fields: dict[str, Any] = {"type": (Literal[kind], Field(description=doc))}
+    required: dict[str, str] = {}
+    for p in hyper_params(cls):
+        fields[p.name] = (Value(p.annotation), ... if p.required else p.default)
+        if p.required:
+            required[p.name] = f" for a {kind} schedule ({describe(p.annotation)})"
+    model = create_model(f"Schedule_{kind}", __base__=Section, **fields)
+    model.owner = f"a {kind} schedule"
+    model.what = "a mapping such as {type: step, step_size: 5, gamma: 0.5}"
+    model.required = required
+    return model
+
+
+def _schedule_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)  # a dict or a model
+    return kind if isinstance(kind, str) else None
+
+
+def schedule_union() -> Any:
+    members = tuple(Annotated[schedule_model(kind), Tag(kind)] for kind in SCHEDULES)
+    return Annotated[Union[members], Discriminator(_schedule_tag)]  # noqa: UP007
 
 
 _TRAIN_FIRST = {
@@ -488,8 +552,10 @@ _TRAIN_LAST = {
     "shuffle": (Value(bool, "a new seeded order every epoch"), True),
     "divergence_factor": (
         Value(PositiveFloat | None, "stop when a batch loss exceeds this × the first batch's (null: off)"),
-        None,
+        DIVERGENCE_FACTOR,
     ),
+    "schedule": (schedule_union() | None, None),
+    "early_stopping": (EarlyStopping | None, None),
 }
 
 
@@ -598,6 +664,8 @@ def key_path(loc: Sequence[str | int], tagged: bool = True) -> str:
     parts = list(loc)
     if tagged and parts[:1] == ["train"] and len(parts) > 1 and parts[1] in OPTIMIZERS:
         del parts[1]
+    if tagged and parts[:2] == ["train", "schedule"] and len(parts) > 2 and parts[2] in SCHEDULES:
+        del parts[2]
     if tagged and parts[:2] == ["model", "layers"] and len(parts) > 3 and isinstance(parts[2], int):
         del parts[3]
     text = ""
@@ -610,6 +678,8 @@ def first_error(error: ValidationError) -> tuple[str, str]:
     """``(key path, problem)`` of the first error of a validation."""
     e = error.errors(include_url=False)[0]
     loc, ctx, kind = list(e["loc"]), e.get("ctx") or {}, e["type"]
+    if loc[:1] == ["train"] and len(loc) > 1 and loc[1] in OPTIMIZERS:
+        del loc[1]  # the optimiser's union tag
     if kind == "cnnbp":
         if ctx.get("key") is not None:
             loc.append(ctx["key"])
@@ -623,6 +693,15 @@ def first_error(error: ValidationError) -> tuple[str, str]:
         if "type" not in entry or entry["type"] is None:
             return key_path([*loc, "type"], tagged=False), f"required: one of {', '.join(LAYERS)}"
         return key_path([*loc, "type"], tagged=False), choice_message(entry["type"], list(LAYERS))
+    if kind in ("union_tag_invalid", "union_tag_not_found") and loc[:2] == ["train", "schedule"]:
+        entry = e.get("input")
+        if not isinstance(entry, dict):
+            return "train.schedule", (
+                f"expected a mapping such as {{type: step, step_size: 5, gamma: 0.5}}, got {show(entry)}"
+            )
+        if entry.get("type") is None:
+            return "train.schedule.type", f"required: one of {', '.join(SCHEDULES)}"
+        return "train.schedule.type", choice_message(entry["type"], list(SCHEDULES))
     if kind == "union_tag_invalid" and loc[:1] == ["train"]:
         return "train.optimizer", choice_message(e.get("input", {}).get("optimizer"), list(OPTIMIZERS))
     if kind == "missing":

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cnnbp.errors import UserError
+from cnnbp.memory import check_fits
 
 __all__ = [
     "PATH_SOURCES",
@@ -29,6 +30,8 @@ __all__ = [
     "Dataset",
     "load_dataset",
     "load_digits",
+    "npz_array_bytes",
+    "prepare_inputs",
     "read_idx",
 ]
 
@@ -138,6 +141,10 @@ def load_dataset(
     _check_counts(raw.x_train, raw.y_train)
     if raw.x_train.array.shape[0] == 0:
         raise UserError(f"{raw.x_train.place}: {raw.x_train.name} has no samples (0 rows)")
+    # the inputs in the run's dtype, a mask of their finite values, and the copies the split makes
+    values = sum(part.array.size for part in (raw.x_train, raw.x_test) if part is not None)
+    smaller = "dtype: float32 or a smaller data file" if dt.itemsize > 4 else "a smaller data file"
+    check_fits(values * (2 * dt.itemsize + 1), "data", f"converting the inputs to {dt}", f"use {smaller}")
     x_train = _prepare_inputs(raw.x_train, input_shape, dt, spec.scale)
     y_train = _prepare_targets(raw.y_train, n_outputs, dt)
 
@@ -165,6 +172,15 @@ def load_dataset(
         val_is_test=val_is_test,
         description=raw.description,
     )
+
+
+def prepare_inputs(
+    x: np.ndarray, input_shape: tuple[int, ...], dtype: np.dtype, scale: float | None, place: str, name: str
+) -> np.ndarray:
+    """Inputs checked, reshaped to ``(N, *input_shape)``, cast and scaled exactly as training's are
+    (``place`` and ``name`` start the messages); for data that comes without targets (``cnnbp predict``)."""
+    part = _Part(_numeric(np.asarray(x), place, name), place, name)
+    return _prepare_inputs(part, tuple(int(d) for d in input_shape), np.dtype(dtype), scale)
 
 
 def _validation_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -298,65 +314,72 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: not a regular file")
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Read a whole file, turning OS errors into UserError."""
-    _check_file(path)
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {_describe(e)}") from e
-
-
 # ---- IDX ------------------------------------------------------------------------------------------------
 
 
 def _read_idx(path: Path, expected_magic: int | None, what: str) -> np.ndarray:
-    """Parse one IDX file; with ``expected_magic`` the magic number must equal it (``what`` names it)."""
-    data = _read_bytes(path)
-    note = ""
-    if data[:2] == _GZIP_MAGIC:
-        note = " after gzip decompression"
-        try:
-            data = gzip.decompress(data)
-        except EOFError as e:
-            raise UserError(f"{path}: gzip data is truncated ({_describe(e)})") from e
-        except (OSError, zlib.error) as e:
-            raise UserError(f"{path}: gzip data is corrupt ({_describe(e)})") from e
+    """Parse one IDX file; with ``expected_magic`` the magic number must equal it (``what`` names it).
 
-    if len(data) < 4:
-        raise UserError(f"{path}: too short for an IDX header ({len(data)} bytes{note})")
-    magic = int.from_bytes(data[:4], "big")
-    type_code, ndim = data[2], data[3]
+    The header is read first and the size it declares checked against the memory available; then no
+    more than that many bytes (and one to find a surplus) are read or decompressed, so a file whose
+    header or gzip stream lies cannot make cnnbp allocate more than the header said.
+    """
+    _check_file(path)
+    try:
+        with path.open("rb") as raw:
+            gz = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            return _parse_idx(path, stream, expected_magic, what, gz)
+    except EOFError as e:
+        raise UserError(f"{path}: gzip data is truncated ({_describe(e)})") from e
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}: gzip data is corrupt ({_describe(e)})") from e
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {_describe(e)}") from e
+
+
+def _parse_idx(path: Path, stream: Any, expected_magic: int | None, what: str, gz: bool) -> np.ndarray:
+    note = " after gzip decompression" if gz else ""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise UserError(f"{path}: too short for an IDX header ({len(head)} bytes{note})")
+    magic = int.from_bytes(head, "big")
+    type_code, ndim = head[2], head[3]
     if expected_magic is not None and magic != expected_magic:
         raise UserError(f"{path}: bad IDX magic 0x{magic:08X}, expected 0x{expected_magic:08X} for {what}")
-    if data[0] != 0 or data[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
+    if head[0] != 0 or head[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
         raise UserError(
             f"{path}: bad IDX magic 0x{magic:08X}, expected 0x00000TDD "
             "(T a type code 08/09/0B/0C/0D/0E, DD the number of dimensions ≥ 1)"
         )
     header = 4 + 4 * ndim
-    if len(data) < header:
+    dim_bytes = stream.read(4 * ndim)
+    if len(dim_bytes) < 4 * ndim:
         raise UserError(
             f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes but the file has "
-            f"{len(data)}{note}"
+            f"{4 + len(dim_bytes)}{note}"
         )
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(dim_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
     np_type, type_name = _IDX_TYPES[type_code]
-    itemsize = np.dtype(np_type).itemsize
-    need = math.prod(dims) * itemsize
-    have = len(data) - header
+    need = math.prod(dims) * np.dtype(np_type).itemsize
     shape_text = "×".join(str(d) for d in dims)
+    # the bytes read, and the native-endian copy made of them
+    check_fits(2 * need, str(path), f"reading its {shape_text} {type_name} values", "use a smaller data file")
+    data = stream.read(need + 1)
+    have = len(data)
     if have < need:
         raise UserError(
             f"{path}: truncated IDX data: header says {shape_text} {type_name} values ({need} bytes) "
             f"but the file has {have} bytes after the {header}-byte header{note}"
         )
     if have > need:
+        extra = "" if gz else f"{path.stat().st_size - header - need} "
         raise UserError(
-            f"{path}: {have - need} unexpected bytes after the {shape_text} {type_name} values the header "
+            f"{path}: {extra}unexpected bytes after the {shape_text} {type_name} values the header "
             f"declares{note}"
         )
-    arr = np.frombuffer(data, dtype=np.dtype(np_type), count=math.prod(dims), offset=header).reshape(dims)
+    arr = np.frombuffer(data, dtype=np.dtype(np_type), count=math.prod(dims)).reshape(dims)
     return arr.astype(arr.dtype.newbyteorder("="), copy=True)
 
 
@@ -371,7 +394,10 @@ def _find_mnist_file(folder: Path, name: str) -> Path | None:
 def _read_idx_folder(folder: Path) -> _Raw:
     """Read the four MNIST IDX files from ``folder``."""
     if not folder.exists():
-        raise UserError(f"{folder}: folder not found")
+        raise UserError(
+            f"{folder}: folder not found; point data.path at the folder holding the four MNIST IDX files "
+            "(train-images-idx3-ubyte[.gz], ...), e.g. --set data.path=/path/to/mnist"
+        )
     if not folder.is_dir():
         raise UserError(
             f"{folder}: not a folder (source 'idx' expects the folder holding the four MNIST files)"
@@ -430,14 +456,13 @@ def _read_npz(path: Path) -> _Raw:
                 present, absent = ("x_test", "y_test") if has_x_test else ("y_test", "x_test")
                 raise UserError(f"{path}: has {present!r} but not {absent!r}; give both or neither")
             wanted = [k for k in SPLIT_KEYS if k in files]
+            sizes = {key: npz_array_bytes(path, npz.zip, key) for key in wanted}
+            check_fits(sum(sizes.values()), str(path), "reading its arrays", "use a smaller data file")
             for key in wanted:
                 try:
                     arrays[key] = np.asarray(npz[key])
-                except ValueError as e:
-                    raise UserError(
-                        f"{path}: {key!r} cannot be loaded as a plain numeric array (object arrays are not "
-                        f"allowed): {_describe(e)}"
-                    ) from e
+                except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+                    raise UserError(f"{path}: {key!r} cannot be read, damaged data ({_describe(e)})") from e
     except UserError:
         raise
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
@@ -445,6 +470,36 @@ def _read_npz(path: Path) -> _Raw:
 
     parts = {k: _Part(_numeric(v, str(path), k), str(path), k) for k, v in arrays.items()}
     return _raw_from_parts("npz", path, parts)
+
+
+def npz_array_bytes(path: Path, zf: zipfile.ZipFile, key: str) -> int:
+    """The bytes array ``key`` of an NPZ archive declares, read from its ``.npy`` header alone; a
+    UserError when the header is unreadable, declares Python objects, or more bytes than the archive
+    holds for it (a truncated or lying file is found before anything is allocated)."""
+    member = key if key in zf.namelist() else f"{key}.npy"
+    try:
+        with zf.open(member) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:  # 3.0: utf-8 field names; numpy reads it with the same private helper
+                shape, _, dtype = np.lib.format._read_array_header(fh, version)
+            header = fh.tell()
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise UserError(f"{path}: {key!r} is not a readable .npy array ({_describe(e)})") from e
+    if dtype.hasobject:
+        raise UserError(f"{path}: {key!r} holds Python objects (dtype {dtype}); save arrays of plain numbers")
+    need = math.prod(shape) * dtype.itemsize
+    held = zf.getinfo(member).file_size - header
+    if need > held:
+        shape_text = "×".join(str(d) for d in shape) or "()"
+        raise UserError(
+            f"{path}: {key!r} declares {shape_text} {dtype} values ({need} bytes) but the archive holds "
+            f"{held} bytes for it (a truncated or damaged file)"
+        )
+    return need
 
 
 def _raw_from_parts(kind: str, path: Path, parts: dict[str, _Part]) -> _Raw:
@@ -455,7 +510,7 @@ def _raw_from_parts(kind: str, path: Path, parts: dict[str, _Part]) -> _Raw:
         n_test = x_te.array.shape[0] if x_te.array.ndim else 0
         desc = f"{kind}: {path} ({n_train} train, {n_test} test)"
     else:
-        desc = f"{kind}: {path} ({n_train} samples)"
+        desc = f"{kind}: {path} ({n_train} sample{'s' * (n_train != 1)})"
     return _Raw(parts["x_train"], parts["y_train"], x_te, y_te, desc)
 
 
@@ -483,35 +538,56 @@ def _read_hdf5(path: Path, keys: dict[str, str] | None) -> _Raw:
     arrays: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
-            present: dict[str, bool] = {}
-            for role, name in names.items():
-                obj = f.get(name)
-                if obj is not None and not isinstance(obj, h5py.Dataset):
-                    raise UserError(f"{path}: {name!r} (data.keys.{role}) is a group, not a dataset")
-                present[role] = obj is not None
-                if obj is None and (role in ("x_train", "y_train") or role in explicit):
-                    raise UserError(f"{path}: no dataset {name!r} (data.keys.{role})")
-            if present["x_test"] != present["y_test"]:
-                have, lack = ("x_test", "y_test") if present["x_test"] else ("y_test", "x_test")
-                raise UserError(
-                    f"{path}: has dataset {names[have]!r} ({have}) but not {names[lack]!r} ({lack}); "
-                    "give both or neither"
-                )
-            for role, name in names.items():
-                if present[role]:
-                    try:
-                        arrays[role] = np.asarray(f[name][()])
-                    except (OSError, ValueError, TypeError, KeyError) as e:
-                        raise UserError(f"{path}: cannot read dataset {name!r}: {_describe(e)}") from e
-    except UserError:
+            found = _hdf5_datasets(f, path, names, explicit)
+            for role, ds in found.items():
+                if ds.dtype.kind not in _NUMERIC_KINDS:
+                    raise UserError(
+                        f"{path}: {names[role]} holds non-numeric values (dtype {ds.dtype}); expected numbers"
+                    )
+            declared = sum(math.prod(ds.shape or ()) * ds.dtype.itemsize for ds in found.values())
+            check_fits(declared, str(path), "reading its datasets", "use a smaller data file")
+            for role, ds in found.items():
+                try:
+                    arrays[role] = np.asarray(ds[()])
+                except (UserError, MemoryError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - HDF5 reports damaged data in many types
+                    raise UserError(f"{path}: cannot read dataset {names[role]!r}: {_describe(e)}") from e
+    except (UserError, MemoryError):
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - not HDF5, or damaged beyond opening (OSError, RuntimeError...)
         raise UserError(f"{path}: cannot open as HDF5: {_describe(e)}") from e
 
     parts = {
         role: _Part(_numeric(a, str(path), names[role]), str(path), names[role]) for role, a in arrays.items()
     }
     return _raw_from_parts("hdf5", path, parts)
+
+
+def _hdf5_datasets(f: Any, path: Path, names: dict[str, str], explicit: set[str]) -> dict[str, Any]:
+    """``{role: h5py.Dataset}`` of the roles present in an open HDF5 file; a UserError for a name that is
+    missing but needed, a group, a link that cannot be followed, or a test split given by half."""
+    import h5py
+
+    found: dict[str, Any] = {}
+    for role, name in names.items():
+        try:
+            obj = f.get(name)
+        except Exception as e:  # noqa: BLE001 - e.g. RuntimeError for a soft link that points to itself
+            raise UserError(f"{path}: {name!r} (data.keys.{role}) cannot be opened: {_describe(e)}") from e
+        if obj is not None and not isinstance(obj, h5py.Dataset):
+            raise UserError(f"{path}: {name!r} (data.keys.{role}) is a group, not a dataset")
+        if obj is None and (role in ("x_train", "y_train") or role in explicit):
+            raise UserError(f"{path}: no dataset {name!r} (data.keys.{role})")
+        if obj is not None:
+            found[role] = obj
+    if ("x_test" in found) != ("y_test" in found):
+        have, lack = ("x_test", "y_test") if "x_test" in found else ("y_test", "x_test")
+        raise UserError(
+            f"{path}: has dataset {names[have]!r} ({have}) but not {names[lack]!r} ({lack}); "
+            "give both or neither"
+        )
+    return found
 
 
 # ---- inline ---------------------------------------------------------------------------------------------
@@ -536,7 +612,7 @@ def _read_inline(spec: DataSpec) -> _Raw:
         parts.append(_Part(_numeric(arr, place, key), place, key))
     x, y = parts
     n = x.array.shape[0] if x.array.ndim else 0
-    return _Raw(x, y, None, None, f"inline ({n} samples)")
+    return _Raw(x, y, None, None, f"inline ({n} sample{'s' * (n != 1)})")
 
 
 def _numeric(arr: np.ndarray, place: str, name: str) -> np.ndarray:

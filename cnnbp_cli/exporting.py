@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,13 +37,16 @@ from cnnbp.files import commit, json_number, staged
 from cnnbp.onnx_graph import INSTALL_HINT, ExportError, onnx_available, to_onnx, verify_onnx
 from cnnbp.runs import Run, find_checkpoints, resolve_checkpoint, run_folder
 
+if TYPE_CHECKING:
+    from cnnbp.tensorboard import TensorBoardReport
+
 __all__ = ["FORMATS", "OPS", "ExportReport", "export", "onnx_tolerance"]
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-9}  # per unit of output magnitude (see onnx_tolerance)
 N_RANDOM = 8  # verification inputs when a run recorded no probe samples
 RANDOM_SEED = 0
 SUFFIX = {"onnx": ".onnx", "npz": ".npz", "json": ".json"}
-FORMATS = tuple(SUFFIX)
+FORMATS = (*SUFFIX, "tensorboard")  # tensorboard: a folder of event files (cnnbp.tensorboard)
 OPS = ("auto", "native", "decomposed")
 _BY_SUFFIX = {s: f for f, s in SUFFIX.items()}
 
@@ -94,8 +97,8 @@ def default_output(src: Source, fmt: str) -> Path:
 
 def pick_format(fmt: str | None, output: Path | None) -> str:
     """``format``, else the one ``output``'s suffix names, else ONNX; a contradicting suffix is an error."""
-    if fmt is not None and fmt not in SUFFIX:
-        raise UserError(f"--format: expected one of {', '.join(SUFFIX)}, got {fmt!r}")
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     named = _BY_SUFFIX.get(output.suffix.lower()) if output is not None and not output.is_dir() else None
     if fmt is None:
         return named or "onnx"
@@ -246,8 +249,9 @@ def export(
     ops: str | None = None,
     verify: bool = True,
     force: bool = False,
-) -> ExportReport:
-    """Export a checkpoint's network as ONNX, NPZ or JSON, verified against the engine.
+) -> ExportReport | TensorBoardReport:
+    """Export a checkpoint's network as ONNX, NPZ or JSON, verified against the engine; or a whole run as
+    TensorBoard event files (``format="tensorboard"``, see :func:`cnnbp.tensorboard.export_tensorboard`).
 
     ``target``: a run (or its folder: the last checkpoint, or ``checkpoint=N``), a checkpoint or its
     file.  ``path``: the file (or a folder for the default name); default ``<run>/model.<ext>``.
@@ -257,6 +261,14 @@ def export(
     not apply, an existing file without ``force``, or a model the format cannot express.
     """
     output = None if path is None else Path(path)
+    if format == "tensorboard":
+        for flag, value in (("--checkpoint", checkpoint), ("--opset", opset), ("--ops", ops)):
+            if value is not None:
+                raise UserError(f"{flag}: does not apply to --format tensorboard (it writes every epoch)")
+        from cnnbp.tensorboard import export_tensorboard
+
+        where = target.path if isinstance(target, (Run, Checkpoint)) else target
+        return export_tensorboard(where, output, force=force, verify_files=verify)
     fmt = pick_format(format, output)
     if fmt != "onnx":
         for flag, value in (("--opset", opset), ("--ops", ops)):

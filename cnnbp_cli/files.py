@@ -33,10 +33,15 @@ def _fail(path: Path, e: OSError) -> UserError:
     return UserError(f"{path}: cannot write ({e.strerror or e})")
 
 
+#: bytes per write call: a signal is handled between two (a second Ctrl-C stops a large write at once)
+_CHUNK = 1 << 24
+
+
 @contextmanager
-def staged(path: Path, data: bytes) -> Iterator[Path]:
+def staged(path: Path, data: bytes | memoryview) -> Iterator[Path]:
     """Write ``data`` to a fsynced temporary file beside ``path`` and yield it (for a check before it
-    is committed with :func:`commit`); the temporary file is removed if it is still there at the end."""
+    is committed with :func:`commit`); the temporary file is removed if it is still there at the end,
+    whatever ends the block (a write error, Ctrl-C, an exception)."""
     path = Path(path)
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,14 +51,19 @@ def staged(path: Path, data: bytes) -> Iterator[Path]:
     try:
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                view = memoryview(data)
+                for i in range(0, len(view), _CHUNK):
+                    fh.write(view[i : i + _CHUNK])
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as e:
             raise _fail(path, e) from None
         yield tmp
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder is gone or read-only: nothing was left in it
 
 
 def commit(tmp: Path, path: Path) -> None:
@@ -67,7 +77,7 @@ def commit(tmp: Path, path: Path) -> None:
     fsync_dir(Path(path).parent)
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
+def write_atomic(path: Path, data: bytes | memoryview | str) -> Path:
     """Write ``data`` (text is UTF-8) to ``path`` atomically; returns ``path``."""
     path = Path(path)
     with staged(path, data.encode("utf-8") if isinstance(data, str) else data) as tmp:

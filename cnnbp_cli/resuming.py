@@ -39,8 +39,9 @@ from cnnbp.data import Dataset
 from cnnbp.errors import UserError
 from cnnbp.runs import CONFIG, METRIC_COLUMNS, find_checkpoints
 
-#: config keys a resumed run may change without --force (the total number of epochs)
-FREE_KEYS = ("train.epochs",)
+#: config keys a resumed run may change without --force: the total number of epochs, and which
+#: checkpoints stay on disk (neither changes a single number of the training)
+FREE_KEYS = ("train.epochs", "record.keep")
 _MAX_LISTED = 6
 
 

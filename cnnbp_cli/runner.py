@@ -11,19 +11,33 @@ The probe batch is chosen once per run: ``np.random.default_rng([seed, PROBE_STR
 replace=False)``, sorted, over the N training samples (after ``data.limit``); PROBE_STREAM is "probe" in
 ASCII, so the probe draw never shares a stream with an epoch's shuffle (``default_rng([seed, epoch])``).
 
+Every optimiser step is appended to ``steps.csv`` (its loss and the learning rate it used: ``train.lr``,
+or ``train.schedule``'s rate of that (epoch, step), set on the optimiser before the step).  After every
+epoch the best epoch (``record.monitor``) is updated, ``train.early_stopping`` may end the run (its
+epoch is checkpointed), and ``record.keep`` drops checkpoints.  ``status.json`` says how the run stands
+and, at the end, why it stopped.
+
 Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag that is read after every batch and at every epoch's
 end; the run then saves its exact state as an ``interrupted`` checkpoint (unless the last checkpoint
 already holds it) and raises :class:`Interrupted`.  A second signal stops at once, writing nothing
-more (a checkpoint being written is abandoned, its temporary file removed).  Divergence (a non-finite
-loss or gradient, or ``train.divergence_factor``) raises :class:`~cnnbp.core.trainer.Diverged` with
-nothing written for the failing epoch.
+more but ``status.json`` (a checkpoint being written is abandoned, its temporary file removed).  Once
+the last epoch's checkpoint is written the run is done: a signal then changes nothing.  Divergence (a
+non-finite loss or gradient, or ``train.divergence_factor``) raises :class:`~cnnbp.core.trainer.Diverged`
+with nothing written for the failing epoch.
+
+Failing: a write that fails (a full or read-only disk, the folder removed) and a MemoryError end the
+run with a one-line UserError, anything else with an :class:`~cnnbp.errors.InternalError` whose
+traceback is appended to ``train.log``; ``status.json`` says ``failed`` when it still can be written.
+Every checkpoint written before stays whole; a new run that fails before its checkpoint 0 is removed.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,10 +49,13 @@ import numpy as np
 
 from cnnbp.checkpoint import ResumeRecord, checkpoint_bytes, read_checkpoint
 from cnnbp.config import (
+    EarlyStoppingSpec,
     RunConfig,
     build_loss,
     build_network,
     build_optimizer,
+    build_schedule,
+    check_memory,
     check_model,
     dump_config,
     load_config,
@@ -47,9 +64,9 @@ from cnnbp.core.errors import ParameterError, ShapeError
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.core.optim import Optimizer
-from cnnbp.core.trainer import EpochProgress, Trainer
+from cnnbp.core.trainer import Diverged, EpochProgress, Trainer
 from cnnbp.data import Dataset, load_dataset
-from cnnbp.errors import UserError
+from cnnbp.errors import InternalError, UserError, describe, out_of_memory, write_crash_log
 from cnnbp.exporters import load_json, load_npz, params_file_kind
 from cnnbp.files import write_atomic
 from cnnbp.plugins import check_api
@@ -66,13 +83,21 @@ from cnnbp.resuming import (
 from cnnbp.runs import (
     CONFIG,
     METRICS_CSV,
+    MONITOR_MODES,
+    STEPS_CSV,
+    TRAIN_LOG,
     MetricsLog,
+    StepsLog,
+    best_epoch,
     checkpoint_path,
     create_run_dir,
     find_checkpoints,
+    prune_checkpoints,
+    read_status,
     remove_stale_tmp,
     resolve_checkpoint,
     write_config,
+    write_status,
 )
 
 PROBE_STREAM = int.from_bytes(b"probe", "big")  # 0x70726f6265
@@ -127,6 +152,23 @@ class StartInfo:
     batches: int  # per epoch
     first_epoch: int  # the first epoch that still has work
     start: StartState | None  # where a resumed run continues (None: a new run)
+    samples: int = 0  # training samples per epoch
+    val_samples: int = 0  # validation samples (0: no validation data)
+    scheduled: bool = False  # the learning rate follows train.schedule
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One optimiser step as :meth:`Callback.on_step` sees it, with the epoch's running means so far."""
+
+    epoch: int
+    batch: int  # counts from 1 within the epoch
+    batches: int
+    step: int  # counts from 1 over the whole run
+    loss: float  # this batch's mean loss (before the update)
+    lr: float  # the learning rate the update used
+    mean_loss: float  # sample-weighted mean of the epoch's batch losses so far
+    mean_acc: float  # fraction of the epoch's samples so far classified right
 
 
 class Callback:
@@ -138,6 +180,12 @@ class Callback:
 
     def on_batch(self, epoch: int, batch: int, batches: int, loss: float, step: int) -> None:
         """After each optimiser update; ``batch`` counts from 1, ``step`` over the whole run."""
+
+    def on_step(self, info: StepInfo) -> None:
+        """After each optimiser update (after ``on_batch``), with the lr and the epoch's running means."""
+
+    def on_validate(self, epoch: int, samples: int) -> None:
+        """Before the validation set is evaluated at the end of ``epoch`` (not without validation data)."""
 
     def on_epoch(self, row: dict[str, float]) -> None:
         """After each epoch's metrics row is logged (row 0: the initial state of a new run)."""
@@ -162,33 +210,29 @@ class _StopAfterBatch(Exception):
 
 
 class StopFlag:
-    """The first SIGINT/SIGTERM sets ``signum``; the second raises :class:`_StopNow` at once (or, inside
-    :meth:`deferred`, as soon as the block ends)."""
+    """The first SIGINT/SIGTERM sets ``signum``; the second raises :class:`_StopNow` at once.
+
+    Should that exception land where Python swallows it (a finaliser, a weakref callback, a C library's
+    callback), it is not reported there (:meth:`installed` filters it from ``sys.unraisablehook``) and
+    the second signal is still noted: :meth:`check`, called after every batch and around every
+    checkpoint write, raises it again.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._defer = 0
-        self._pending: int | None = None
+        self.second: int | None = None
 
     def handle(self, signum: int, frame: object) -> None:
         if self.signum is None:
             self.signum = signum
-        elif self._defer:
-            self._pending = signum
         else:
+            self.second = signum
             raise _StopNow(signum)
 
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        """A block a second signal must not interrupt from inside (h5py's C callbacks would swallow
-        the exception); the stop happens right after it."""
-        self._defer += 1
-        try:
-            yield
-        finally:
-            self._defer -= 1
-            if not self._defer and self._pending is not None:
-                raise _StopNow(self._pending)
+    def check(self) -> None:
+        """Raise :class:`_StopNow` when a second signal came."""
+        if self.second is not None:
+            raise _StopNow(self.second)
 
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -197,6 +241,13 @@ class StopFlag:
             yield self  # signals go to the main thread; a bare KeyboardInterrupt is still handled
             return
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_hook = sys.unraisablehook
+
+        def hook(unraisable: object) -> None:
+            if not isinstance(getattr(unraisable, "exc_value", None), _StopNow):  # check() raises it
+                old_hook(unraisable)
+
+        sys.unraisablehook = hook
         for s in old:
             signal.signal(s, self.handle)
         try:
@@ -204,6 +255,7 @@ class StopFlag:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            sys.unraisablehook = old_hook
 
 
 class Interrupted(Exception):
@@ -215,14 +267,16 @@ class Interrupted(Exception):
 
     def __init__(
         self,
-        run_dir: Path,
+        run_dir: Path | None,
         epoch: int,
         step: int,
         checkpoint: Path | None,
         signum: int,
         at_once: bool = False,
     ) -> None:
-        if at_once:
+        if run_dir is None:
+            text = "stopped at once (second signal) before the run folder was made; nothing was written"
+        elif at_once:
             found = find_checkpoints(run_dir)
             last = f"; the last checkpoint is {found[-1][1]}" if found else "; no checkpoint was written"
             text = f"stopped at once (second signal){last}"
@@ -246,8 +300,9 @@ class RunSummary:
     """What a finished run reports."""
 
     run_dir: Path
-    epochs: int  # the total trained to
-    epochs_run: int  # epochs (whole or the rest of one) run by this call
+    epochs: int  # the total the config trains to
+    first_epoch: int  # the first epoch this call ran (whole, or the rest of an interrupted one)
+    last_epoch: int  # the last epoch finished (< epochs when the run stopped early)
     steps: int  # optimiser updates of the whole run
     steps_run: int  # of this call
     seconds: float  # wall time of this call
@@ -258,6 +313,14 @@ class RunSummary:
     best_val_loss: tuple[float, int]
     has_val: bool
     val_is_test: bool
+    resumed: bool = False  # this call continued a run from a checkpoint
+    stopped: str | None = None  # why the run stopped before its total (early stopping), else None
+    monitor: str = "val_loss"  # record.monitor: which of the bests makes the best epoch
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs (whole or the rest of one) run by this call."""
+        return max(0, self.last_epoch - self.first_epoch + 1)
 
 
 def best(
@@ -271,11 +334,43 @@ def best(
     return value, next(e for v, e in finite if v == value)
 
 
+def early_stop(rows: Sequence[dict[str, float]], spec: EarlyStoppingSpec) -> str | None:
+    """Why the run should stop after its last row, by ``train.early_stopping`` (None: go on).
+
+    Keras' and Lightning's rule over the trained epochs (epoch 0, the initial state, is not watched):
+    an epoch improves when its ``monitor`` beats the best so far by more than ``min_delta`` (lower for
+    val_loss, higher for val_acc; the first trained epoch always does); the run stops once ``patience``
+    epochs in a row have not improved.
+    """
+    lower = MONITOR_MODES[spec.monitor] is min
+    top, top_epoch, wait = math.nan, 0, 0
+    for r in rows:
+        if int(r["epoch"]) < 1:
+            continue
+        v = r[spec.monitor]
+        gain = (top - v if lower else v - top) if math.isfinite(top) else math.inf
+        if math.isfinite(v) and gain > spec.min_delta:
+            top, top_epoch, wait = v, int(r["epoch"]), 0
+        else:
+            wait += 1
+    if wait < spec.patience:
+        return None
+    by = f" by more than {spec.min_delta:g}" if spec.min_delta else ""
+    shown = f"{100 * top:.1f}%" if spec.monitor.endswith("_acc") else f"{top:.4g}"
+    epochs = "epoch" if wait == 1 else "epochs"
+    return f"{spec.monitor} has not improved{by} for {wait} {epochs} (best {shown} at epoch {top_epoch})"
+
+
+class _EarlyStop(Exception):
+    """Raised after an epoch when ``train.early_stopping`` says the run is done."""
+
+
 # ---- the loop ---------------------------------------------------------------------------------------
 
 
 class _Fit:
-    """One call of training a run folder: the epochs, the metrics rows, the checkpoints, the stops."""
+    """One call of training a run folder: the epochs, the metrics and steps rows, the learning rate of
+    every step, the checkpoints (and which stay), the status file, the stops."""
 
     def __init__(
         self, session: Session, run_dir: Path, callbacks: Sequence[Callback], stop: StopFlag
@@ -287,6 +382,7 @@ class _Fit:
             session.net, session.loss, session.optimizer, batch_size=t.batch_size, shuffle=t.shuffle,
             seed=cfg.seed, divergence_factor=t.divergence_factor,
         )  # fmt: skip
+        self.schedule, self.base_lr = build_schedule(cfg), t.lr
         self.n = data.x_train.shape[0]
         self.batches = batches_per_epoch(self.n, t.batch_size)
         self.probe = choose_probe(self.n, cfg.record.probe, cfg.seed)
@@ -294,40 +390,63 @@ class _Fit:
         self.sha = session.data_sha256
         remove_stale_tmp(run_dir)
         self.log = MetricsLog(run_dir / METRICS_CSV, history=None if start is None else start.history)
+        self.steps_log = StepsLog(run_dir / STEPS_CSV, upto=None if start is None else start.step)
         self.rows = self.log.rows()
         self.fresh = start is None or start.checkpoint is None
         self.saved_step, self.first, self.replace, self.resume = -1, 1, -1, None
+        self.carried = 0.0  # seconds an interrupted epoch had run before the stop (status.json)
         if not self.fresh:
             self.trainer.step, self.trainer.first_loss = start.step, start.first_loss
             self.saved_step, self.first = start.step, start.next_epoch
             self.replace = start.epoch if start.replace else -1
             self.resume = start.progress
+            if start.progress is not None:
+                self.carried = interrupted_seconds(run_dir, start.epoch, start.step)
         self.epoch, self.train_seconds, self.samples, self.steps_at_start = (
             self.first,
             0.0,
             0,
             self.trainer.step,
         )
-        self.start_info = StartInfo(run_dir, t.epochs, self.batches, self.first, start)
+        self.epoch_t0, self.last_lr, self.stopped = time.perf_counter(), math.nan, None
+        self.done = False  # every epoch trained and checkpointed (or stopped early): signals change nothing
+        self.doing = "at the start"  # what the run is doing, for a message about running out of memory
+        self.best = best_epoch(self.log.history, cfg.record.monitor)
+        self.start_info = StartInfo(
+            run_dir, t.epochs, self.batches, self.first, start, self.n, data.x_val.shape[0],
+            self.schedule is not None,
+        )  # fmt: skip
+
+    # ---- the learning rate ----------------------------------------------------------------------------
+    def lr_for(self, epoch: int, step: int) -> float:
+        """The learning rate of step ``step`` in epoch ``epoch`` (``train.schedule``, else ``train.lr``)."""
+        return self.base_lr if self.schedule is None else self.schedule.lr(self.base_lr, epoch, step)
+
+    def _set_lr(self, epoch: int, step: int) -> None:
+        if self.schedule is not None:
+            self.trainer.optimizer.lr = self.lr_for(epoch, step)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self, epoch: int, row: dict[str, float], *, interrupted: bool = False,
              progress: EpochProgress | None = None) -> Path:  # fmt: skip
-        """Probe at the current weights and write checkpoint ``epoch``.
+        """Probe at the current weights and write checkpoint ``epoch``; then drop the checkpoints
+        ``record.keep`` does not keep.
 
         ``progress`` (mid-epoch only) is where inside ``epoch`` the state stands; without it the state
         is the end of ``epoch``, whose metrics row is already logged.
         """
         t = self.trainer
+        doing, self.doing = self.doing, f"while writing checkpoint {epoch} ({len(self.probe)} probe samples)"
         x, y = self.data.x_train[self.probe], self.data.y_train[self.probe]
         if len(self.probe):
             probe = t.probe(x, y)
-            grads, deltas = probe.grads, probe.deltas
+            grads, deltas, activations = probe.grads, probe.deltas, probe.activations
         else:
             grads = {}
             deltas = {
                 info.name: np.zeros((0, *info.output_shape), dtype=t.net.dtype) for info in t.net.summary()
             }
+            activations = deltas
         if progress is None:
             done, loss_sum, n_correct = (self.batches if epoch else 0), 0.0, 0
         else:
@@ -335,15 +454,22 @@ class _Fit:
         resume = ResumeRecord(
             done, self.batches, progress is None, loss_sum, n_correct, t.first_loss, self.sha
         )
-        with self.stop.deferred():  # h5py builds the file in memory through callbacks a signal must not hit
-            data = checkpoint_bytes(
-                run_name=self.run_dir.name, epoch=epoch, step=t.step, seed=self.cfg.seed, loss=self.cfg.loss,
-                config=self.config_text, net=t.net, optimizer=t.optimizer, probe_x=x, probe_y=y,
-                probe_index=self.probe, grads=grads, deltas=deltas, metrics=row, history=self.log.history,
-                interrupted=interrupted, resume=resume,
-            )  # fmt: skip
+        self.steps_log.sync()  # every step up to this checkpoint is on disk before the checkpoint is
+        # built in HDF5's memory without calls back into Python: a second signal stops it at once
+        self.stop.check()
+        data = checkpoint_bytes(
+            run_name=self.run_dir.name, epoch=epoch, step=t.step, seed=self.cfg.seed, loss=self.cfg.loss,
+            config=self.config_text, net=t.net, optimizer=t.optimizer, probe_x=x, probe_y=y,
+            probe_index=self.probe, grads=grads, deltas=deltas, metrics=row, history=self.log.history,
+            interrupted=interrupted, resume=resume, activations=activations,
+        )  # fmt: skip
+        self.stop.check()
         path = write_atomic(checkpoint_path(self.run_dir, epoch), data)
+        del data
         self.saved_step = t.step
+        if self.cfg.record.keep != "all":
+            prune_checkpoints(self.run_dir, self.log.history, self.cfg.record.monitor, self.cfg.record.keep)
+        self.doing = doing
         return path
 
     def save_stop(self) -> Path | None:
@@ -357,92 +483,185 @@ class _Fit:
             return self.save(logged, self.rows[-1], interrupted=True)
         return self.save(p.epoch, {}, interrupted=True, progress=p)
 
+    def status(self, state: str, reason: str | None = None, **fields: object) -> None:
+        """Rewrite ``status.json``: the state, why it stopped, where it stands, the best epoch."""
+        monitor = self.cfg.record.monitor
+        top = {"monitor": monitor, "epoch": self.best[0], "value": self.best[1]} if self.best else None
+        epoch = int(self.rows[-1]["epoch"]) if self.rows else 0
+        val = {"samples": int(self.data.x_val.shape[0]), "test_split": bool(self.data.val_is_test)}
+        fields = {"epoch": epoch, "step": self.trainer.step, "epochs": self.cfg.train.epochs, "best": top,
+                  "val": val, **fields}  # fmt: skip
+        write_status(self.run_dir, state, reason=reason, **fields)
+
     # ---- epochs ---------------------------------------------------------------------------------------
     def on_batch(self, i: int, nb: int, batch_loss: float) -> None:
-        self.samples += min(self.cfg.train.batch_size, self.n - (i - 1) * self.cfg.train.batch_size)
+        t, bs = self.trainer, self.cfg.train.batch_size
+        lr = float(t.optimizer.lr)
+        self.samples += min(bs, self.n - (i - 1) * bs)
+        self.steps_log.append(t.step, self.epoch, batch_loss, lr)
+        self.last_lr = lr
+        if i < nb:
+            self._set_lr(self.epoch, t.step + 1)
+        p = t.progress
+        seen = min(p.batches_done * bs, self.n)
+        info = StepInfo(self.epoch, i, nb, t.step, batch_loss, lr, p.loss_sum / seen, p.n_correct / seen)
         for c in self.callbacks:
-            c.on_batch(self.epoch, i, nb, batch_loss, self.trainer.step)
+            c.on_batch(self.epoch, i, nb, batch_loss, t.step)
+            c.on_step(info)
+        self.stop.check()
         if self.stop.signum is not None:
             raise _StopAfterBatch
 
     def initial(self) -> None:
         """Checkpoint 0 and the metrics row of epoch 0 of a new run: its initial state."""
         t0 = time.perf_counter()
+        self.doing = "while evaluating the initial weights"
         val_loss, val_acc = self.trainer.evaluate(self.data.x_val, self.data.y_val)
         row = {
             "epoch": 0, "step": 0, "train_loss": math.nan, "train_acc": math.nan, "val_loss": val_loss,
-            "val_acc": val_acc, "lr": self.trainer.optimizer.lr, "seconds": time.perf_counter() - t0,
+            "val_acc": val_acc, "lr": self.lr_for(1, 1), "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         self.log.append(row)
         self.rows.append(row)
+        self.best = best_epoch(self.log.history, self.cfg.record.monitor)
         self.save(0, row)
 
     def one_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        t = self.trainer
+        self.epoch, self.last_lr, self.doing = epoch, math.nan, f"in epoch {epoch}"
         t0 = time.perf_counter()
         progress, self.resume = self.resume, None
-        stats = self.trainer.run_epoch(self.data.x_train, self.data.y_train, epoch, self.on_batch, progress)
+        self.epoch_t0, self.carried = t0 - (self.carried if progress is not None else 0.0), 0.0
+        self._set_lr(epoch, t.step + 1)
+        stats = t.run_epoch(self.data.x_train, self.data.y_train, epoch, self.on_batch, progress)
         self.train_seconds += time.perf_counter() - t0
-        val_loss, val_acc = self.trainer.evaluate(self.data.x_val, self.data.y_val)
-        row = {"epoch": epoch, "step": self.trainer.step, "train_loss": stats.train_loss,
-               "train_acc": stats.train_acc, "val_loss": val_loss, "val_acc": val_acc,
-               "lr": self.trainer.optimizer.lr, "seconds": time.perf_counter() - t0}  # fmt: skip
+        if self.data.x_val.shape[0]:
+            for c in self.callbacks:
+                c.on_validate(epoch, self.data.x_val.shape[0])
+        val_loss, val_acc = t.evaluate(self.data.x_val, self.data.y_val)
+        lr = self.last_lr if math.isfinite(self.last_lr) else self.lr_for(epoch, t.step)
+        row = {"epoch": epoch, "step": t.step, "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+               "seconds": time.perf_counter() - self.epoch_t0}  # fmt: skip
         self.log.append(row)
         self.rows.append(row)
+        self.best = best_epoch(self.log.history, self.cfg.record.monitor)
+        stopping = self.cfg.train.early_stopping
+        reason = early_stop(self.rows, stopping) if stopping is not None else None
         epochs, every = self.cfg.train.epochs, max(1, self.cfg.record.every)
-        if epoch % every == 0 or epoch == epochs or epoch == self.replace:
+        if epoch % every == 0 or epoch == epochs or epoch == self.replace or reason:
             self.save(epoch, row)
+        if reason is not None and epoch < epochs:
+            self.stopped = f"stopped early at epoch {epoch}: {reason}"
+        # the run's last checkpoint is written: a signal from now on changes nothing
+        self.done = epoch == epochs or self.stopped is not None
         for c in self.callbacks:
             c.on_epoch(row)
-        if self.stop.signum is not None:
+        if self.stopped is not None:
+            raise _EarlyStop
+        if self.stop.signum is not None and not self.done:
             raise _StopAfterBatch
 
     def run(self) -> RunSummary:
-        """Train to ``train.epochs``; see the module docstring for stops and divergence."""
-        started = time.perf_counter()
+        """Train to ``train.epochs``; see the module docstring for stops and divergence.
+
+        Once the last epoch's checkpoint is written (or early stopping ended the run) the run is done:
+        a signal after that changes nothing, and the summary is returned.  A failure records
+        ``state: failed`` in ``status.json`` when it still can and is raised as a UserError (a
+        MemoryError one too, naming the epoch); the status of a stop is written when it can be, and
+        never replaces the stop itself.
+        """
+        started = self.started = time.perf_counter()
         try:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is checked
-                if self.fresh:
-                    self.initial()
-                for c in self.callbacks:
-                    c.on_start(self.start_info)
-                if self.fresh:
-                    for c in self.callbacks:
-                        c.on_epoch(self.rows[0])
-                if self.stop.signum is not None:
-                    raise _StopAfterBatch
-                for epoch in range(self.first, self.cfg.train.epochs + 1):
-                    self.one_epoch(epoch)
+            try:
+                self._train()
+                self.done = True
+                self.status("finished")
+            except _EarlyStop:
+                self.done = True
+                self.status("early_stopped", self.stopped)
         except (_StopAfterBatch, KeyboardInterrupt):
             self._stopped()
         except _StopNow as e:
-            raise Interrupted(
-                self.run_dir, self.epoch, self.trainer.step, None, e.signum, at_once=True
-            ) from None
+            if not self.done:
+                self.quiet_status("interrupted", "stopped at once (second signal)")
+                raise Interrupted(
+                    self.run_dir, self.epoch, self.trainer.step, None, e.signum, at_once=True
+                ) from None
+            self.quiet_status("early_stopped" if self.stopped else "finished", self.stopped)
+        except Diverged as e:
+            self.quiet_status("diverged", str(e), epoch=e.epoch, step=e.step)
+            raise
+        except Exception as e:  # a write that failed (a UserError), no memory, or a bug
+            error = self._failed(e)
+            if error is e:
+                raise
+            raise error from None
         finally:
             for c in self.callbacks:
                 c.on_stop()
             self.log.close()
+            self.steps_log.close()
         return self.summary(time.perf_counter() - started)
 
+    def _train(self) -> None:
+        self.status("training")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # divergence is checked
+            if self.fresh:
+                self.initial()
+            for c in self.callbacks:
+                c.on_start(self.start_info)
+            if self.fresh:
+                for c in self.callbacks:
+                    c.on_epoch(self.rows[0])
+            if self.stop.signum is not None and self.first <= self.cfg.train.epochs:
+                raise _StopAfterBatch
+            for epoch in range(self.first, self.cfg.train.epochs + 1):
+                self.one_epoch(epoch)
+
+    def _failed(self, e: Exception) -> Exception:
+        """The error a failure ends the run with (a MemoryError becomes a UserError saying what the run
+        was doing), recorded as ``failed`` in ``status.json`` when it can be."""
+        error = out_of_memory(e, self.doing) if isinstance(e, MemoryError) else e
+        self.quiet_status("failed", str(error) if isinstance(error, UserError) else describe(error))
+        return error
+
+    def quiet_status(self, state: str, reason: str | None = None, **fields: object) -> None:
+        """:meth:`status`, when it can be written: a stop or failure is reported whatever the disk says."""
+        try:
+            self.status(state, reason, **fields)
+        except UserError:
+            pass
+
     def _stopped(self) -> None:
-        """Save the state of a stop and raise :class:`Interrupted`."""
+        """Save the state of a stop, record it in ``status.json`` and raise :class:`Interrupted`."""
         step = self.trainer.step
         try:
             for c in self.callbacks:
                 c.on_stop()
             path = self.save_stop()
-        except (
-            _StopNow
-        ) as e:  # a second signal while saving: the temporary file is gone, earlier files intact
+        except _StopNow as e:  # a second signal while saving: the temporary file is gone, earlier ones intact
+            self.quiet_status("interrupted", "stopped at once (second signal)")
             raise Interrupted(self.run_dir, self.epoch, step, None, e.signum, at_once=True) from None
-        raise Interrupted(self.run_dir, self.epoch, step, path, self.stop.signum or signal.SIGINT) from None
+        except Exception as e:  # the state could not be saved: a full disk, no memory
+            error = self._failed(e)
+            if error is e:
+                raise
+            raise error from None
+        error = Interrupted(self.run_dir, self.epoch, step, path, self.stop.signum or signal.SIGINT)
+        p = self.trainer.progress
+        logged = int(self.rows[-1]["epoch"]) if self.rows else -1
+        mid = p is not None and p.epoch == self.epoch and logged < self.epoch
+        extra = {"epoch_seconds": time.perf_counter() - self.epoch_t0} if mid else {}
+        self.quiet_status("interrupted", str(error), epoch=self.epoch, step=step, **extra)
+        raise error from None
 
     def summary(self, seconds: float) -> RunSummary:
         return RunSummary(
             run_dir=self.run_dir,
             epochs=self.cfg.train.epochs,
-            epochs_run=max(0, self.cfg.train.epochs - self.first + 1),
+            first_epoch=self.first,
+            last_epoch=int(self.rows[-1]["epoch"]),
             steps=self.trainer.step,
             steps_run=self.trainer.step - self.steps_at_start,
             seconds=seconds,
@@ -453,7 +672,19 @@ class _Fit:
             best_val_loss=best(self.rows, "val_loss", min),
             has_val=self.data.x_val.shape[0] > 0,
             val_is_test=self.data.val_is_test,
+            resumed=not self.fresh,
+            stopped=self.stopped,
+            monitor=self.cfg.record.monitor,
         )
+
+
+def interrupted_seconds(run_dir: Path, epoch: int, step: int) -> float:
+    """Seconds epoch ``epoch`` had run when the run was interrupted at ``step`` (``status.json``), so the
+    resumed epoch's ``seconds`` counts both parts; 0 when the status file says otherwise."""
+    status = read_status(run_dir) or {}
+    same = (status.get("state"), status.get("epoch"), status.get("step")) == ("interrupted", epoch, step)
+    value = status.get("epoch_seconds")
+    return float(value) if same and isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 # ---- sessions: everything checked, then trained -----------------------------------------------------
@@ -477,6 +708,7 @@ class Session:
     start: StartState | None = None
     run_dir: Path | None = None
     complete: bool = False
+    complete_reason: str = ""  # why a resumed run has nothing to do (its total reached, or it stopped early)
     data_sha256: str = ""
     _locks: ExitStack | None = None
 
@@ -524,20 +756,41 @@ class Session:
     @classmethod
     def _build(cls, cfg: RunConfig) -> Session:
         infos = check_model(cfg)
+        if cfg.record.tensorboard:
+            from cnnbp.tensorboard import require_tensorboardx
+
+            require_tensorboardx("record.tensorboard")
         dtype = np.dtype(cfg.dtype)
         data = load_dataset(cfg.data, cfg.model.input_shape, n_outputs(infos[-1].output_shape), dtype,
                             cfg.seed, cfg.base_dir)  # fmt: skip
+        check_memory(cfg, infos, data.x_train.shape[0], data.x_val.shape[0])  # the probe's size is known now
         net = build_network(cfg).build(np.random.default_rng(cfg.seed), dtype)
         check_api(net, {layer.name: spec.path for spec in cfg.model.layers for layer in net.layers
                         if layer.name.split(".")[0] == spec.name})  # fmt: skip
         check_smallest_batch(net, data.x_train.shape[0], cfg.train.batch_size)
+        stopping = cfg.train.early_stopping
+        if stopping is not None and data.x_val.shape[0] == 0:
+            raise UserError(
+                f"train.early_stopping: watches {stopping.monitor}, but the run has no validation data "
+                f"(data.val_fraction is 0 and {data.description} has no test split)"
+            )
         return cls(
             cfg, infos, data, net, build_loss(cfg), build_optimizer(cfg), data_sha256=data_fingerprint(data)
         )
 
     def _check_total(self, epochs: int | None) -> None:
-        start, total = self.start, self.cfg.train.epochs
-        if start is None or start.next_epoch <= total:
+        start, total, stopping = self.start, self.cfg.train.epochs, self.cfg.train.early_stopping
+        if start is None or start.checkpoint is None:
+            return
+        if start.progress is None and stopping is not None and 1 <= start.epoch < total:
+            columns = start.history
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+            reason = early_stop(rows, stopping)
+            if reason is not None:
+                self.complete = True
+                self.complete_reason = f"stopped early at epoch {start.epoch}: {reason}"
+                return
+        if start.next_epoch <= total:
             return
         if start.epoch > total:
             raise UserError(
@@ -545,33 +798,74 @@ class Session:
                 f"{start.epoch} epochs"
             )
         self.complete = True
+        self.complete_reason = f"complete at epoch {start.epoch} of {total}"
 
     def run(
         self, out: Path = Path("runs"), callbacks: Sequence[Callback] = (), stop: StopFlag | None = None
     ) -> RunSummary | None:
         """Create the run folder (a new run) and train; None when a resumed run had nothing to do.
 
-        Raises :class:`Interrupted` (state saved) on a signal and ``Diverged`` on divergence.
+        Raises :class:`Interrupted` (state saved) on a signal, ``Diverged`` on divergence, a UserError
+        for a failure the user can act on (a write that failed: a full or read-only disk; too little
+        memory: a MemoryError becomes one) and :class:`~cnnbp.errors.InternalError` for anything else,
+        a bug (its traceback is appended to the run's ``train.log``).  A new run that fails before its
+        checkpoint 0 leaves no folder behind: it never started.
         """
         if self.complete:
             return None
         if self._locks is None:
             self._locks = ExitStack()
+        stop = stop or StopFlag()
+        if self.cfg.record.tensorboard:  # the live TensorBoard writer is one more callback
+            from cnnbp.tensorboard import LiveWriter
+
+            callbacks = [*callbacks, LiveWriter()]
+        created, fit = self.run_dir is None, None
+        try:
+            with stop.installed():
+                self._open_folder(out)
+                fit = _Fit(self, self.run_dir, callbacks, stop)
+                return fit.run()
+        except _StopNow as e:  # a second signal outside the training loop (just before or after it)
+            if fit is not None and fit.done:
+                return fit.summary(time.perf_counter() - fit.started)
+            raise Interrupted(self.run_dir, 0, 0, None, e.signum, at_once=True) from None
+        except (Interrupted, Diverged):
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure ends as a UserError or an InternalError
+            raise self._failure(e, created) from None
+
+    def _open_folder(self, out: Path) -> None:
+        """Create a new run's folder (locked, with its ``config.yaml``), or bring a resumed run's
+        ``config.yaml`` up to date (the new total of --epochs, or a change made with --force)."""
         config_text = dump_config(self.cfg)
         if self.run_dir is None:
             self.run_dir = create_run_dir(out, self.cfg.name)
             self._locks.enter_context(run_lock(self.run_dir))
             write_config(self.run_dir, config_text)
-        elif (self.run_dir / CONFIG).read_text(encoding="utf-8") != config_text:
-            write_config(
-                self.run_dir, config_text
-            )  # the new total of --epochs, or a change made with --force
-        stop = stop or StopFlag()
+            return
         try:
-            with stop.installed():
-                return _Fit(self, self.run_dir, callbacks, stop).run()
-        except _StopNow as e:  # a second signal outside the training loop (just before or after it)
-            raise Interrupted(self.run_dir, 0, 0, None, e.signum, at_once=True) from None
+            same = (self.run_dir / CONFIG).read_text(encoding="utf-8") == config_text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            write_config(self.run_dir, config_text)
+
+    def _failure(self, e: Exception, created: bool) -> Exception:
+        """What a run that failed with ``e`` raises (see :meth:`run`); a new run's folder without a
+        checkpoint is removed first."""
+        run_dir = self.run_dir
+        found = find_checkpoints(run_dir) if run_dir is not None and run_dir.is_dir() else []
+        if created and run_dir is not None and not found:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            self.run_dir = run_dir = None
+        if isinstance(e, MemoryError):
+            e = out_of_memory(e)
+        elif isinstance(e, OSError):
+            e = UserError(f"{e.filename or run_dir}: {e.strerror or e}")
+        if isinstance(e, UserError):
+            return UserError(f"{e}; the last checkpoint is {found[-1][1]}") if found else e
+        return InternalError(e, write_crash_log(e, None if run_dir is None else run_dir / TRAIN_LOG))
 
     def close(self) -> None:
         if self._locks is not None:
@@ -610,20 +904,24 @@ def load_initial_weights(net: Sequential, source: str) -> Path:
     """Copy every parameter of ``net`` from ``model.init_from``, and its buffers when the source has
     them, and return the file read.
 
-    ``source`` is a checkpoint file, a run folder (its last checkpoint), or an ``.npz`` / ``.json``
-    parameter file from ``cnnbp export`` (told apart by content, then suffix).  Buffers (batchnorm's
+    ``source`` is a checkpoint file, a run folder (its last checkpoint; ``RUN:best``, ``RUN:last`` or
+    ``RUN:N`` another, by the one resolver), or an ``.npz`` / ``.json`` parameter file from ``cnnbp
+    export`` (told apart by content, then suffix).  Buffers (batchnorm's
     running statistics) are copied from a source that holds any: checkpoints and exports do; an export
     written before buffers were exported holds none, and the network keeps its initial ones.  Names and
     shapes are checked before anything is copied (all or nothing); a mismatch is a UserError naming the
     layer and both shapes.  Values are cast to the network's dtype.
     """
-    path = Path(source)
+    path, which = Path(source), None
+    head, sep, tail = str(source).rpartition(":")
+    if sep and not path.exists() and (tail in ("best", "last") or tail.isdigit()):
+        path, which = Path(head), tail  # RUN:best, RUN:last, RUN:N
     try:
-        kind = params_file_kind(path)
+        kind = params_file_kind(path) if which is None else None
         if kind is not None:
             params, state, _ = load_npz(path) if kind == "npz" else load_json(path)
         else:
-            path = resolve_checkpoint(path)
+            path = resolve_checkpoint(path, which)
             ck = read_checkpoint(path)
             params, state = ck.weights, ck.state
     except UserError as e:

@@ -4,6 +4,12 @@ Numbers follow YAML 1.2's core schema, as people write them: ``1e-3``, ``5e-4`` 
 floats (PyYAML's YAML 1.1 rules would read the first two as text).  Only plain data is built (safe
 loading: no tags that make Python objects), and aliases are spelled out on reading, so an override
 of one entry never changes another.
+
+Before anything is built, the composed document is measured: aliases may add at most
+:data:`MAX_ALIAS_VALUES` values when spelled out (an "alias bomb" of a few hundred bytes would otherwise
+spell out to billions), an alias may not refer to the value it is in, and nothing may nest deeper than
+:data:`MAX_DEPTH` levels (a config needs about ten), so no later step can run out of memory or of stack
+on what a YAML text says.
 """
 
 from __future__ import annotations
@@ -44,9 +50,72 @@ Loader.add_implicit_resolver(
 )
 
 
+#: how many values aliases may add to a document when spelled out
+MAX_ALIAS_VALUES = 100_000
+#: how deep mappings and lists may nest (a config's deepest values, explicit conv weights, are at ~10)
+MAX_DEPTH = 64
+
+
 def load_yaml_text(text: str) -> Any:
-    """Plain data from YAML text (YAML 1.2 floats); yaml.YAMLError on bad text."""
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader is a SafeLoader
+    """Plain data from YAML text (YAML 1.2 floats); yaml.YAMLError on bad text, or on a document whose
+    aliases spell out too much, refer to themselves, or that nests too deep (see the module docstring)."""
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_composed(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_composed(root: yaml.Node) -> None:
+    """ConstructorError (a YAMLError) unless the composed ``root`` is small and shallow once its aliases are
+    spelled out.  One pass over the distinct nodes (an alias is the node it names, met again), without
+    recursion: values spelled out, and depth, per node."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the path from the root to the node being measured
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = _children(node)
+        if done:
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            depth[id(node)] = 1 + max((depth[id(k)] for k in kids), default=0)
+            open_nodes.discard(id(node))
+            if depth[id(node)] > MAX_DEPTH:
+                _refuse(node, f"nested more than {MAX_DEPTH} levels deep")
+            continue
+        if id(node) in size:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for k in kids:
+            if id(k) in open_nodes:
+                _refuse(k, "an alias refers to the value it is part of")
+            if id(k) not in size:
+                stack.append((k, False))
+    extra = size[id(root)] - len(size)
+    if extra > MAX_ALIAS_VALUES:
+        _refuse(
+            root,
+            f"its aliases (*name) would spell it out to {size[id(root)]:,} values, {extra:,} more than "
+            f"written (at most {MAX_ALIAS_VALUES:,} more are allowed)",
+        )
+
+
+def _refuse(node: yaml.Node, problem: str) -> NoReturn:
+    raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -71,6 +140,11 @@ def _show(value: Any, limit: int = 60) -> str:
     from cnnbp.config_schema import show
 
     return show(value, limit)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut), for quoting what was typed."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _at(path: str, key: object) -> str:
@@ -147,9 +221,25 @@ def _parse_key(key: str, place: str) -> list[str | int]:
     return parts
 
 
+def merged(old: Any, new: Any) -> Any:
+    """``new`` put in the place of ``old``: a mapping merges into a mapping key by key (recursively), so
+    ``--set 'train={epochs: 1}'`` keeps the other ``train`` keys; anything else replaces.  A mapping of
+    another ``type`` (a layer or schedule of another kind) replaces the old one whole: its keys belong
+    to the old kind."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    if "type" in new and new["type"] != old.get("type"):
+        return new
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = merged(old.get(key), value)
+    return out
+
+
 def apply_override(raw: dict, text: str) -> None:
-    """Apply one ``KEY=VALUE`` (VALUE parsed as YAML) to the raw config dict in place."""
-    place = "--set " + " ".join(text.split("\n"))
+    """Apply one ``KEY=VALUE`` (VALUE parsed as YAML) to the raw config dict in place; a mapping VALUE
+    merges into the mapping at KEY (see :func:`merged`)."""
+    place = "--set " + _clip(" ".join(text.split("\n")))
     key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep:
@@ -157,6 +247,8 @@ def apply_override(raw: dict, text: str) -> None:
     if not key:
         _fail(place, "missing the KEY before '='")
     parts = _parse_key(key, place)
+    if len(parts) > MAX_DEPTH:
+        _fail(place, f"KEY is {len(parts)} levels deep; a config nests at most {MAX_DEPTH}")
     try:
         value = load_yaml_text(value_text)
     except (yaml.YAMLError, ValueError) as e:
@@ -172,7 +264,7 @@ def apply_override(raw: dict, text: str) -> None:
                 where = walked or "the config"
                 _fail(place, f"{where} is a mapping, not a list; use .KEY instead of [{part}]")
             if last:
-                node[part] = value
+                node[part] = merged(node.get(part), value)
             else:
                 if node.get(part) is None:
                     node[part] = {}
@@ -185,7 +277,7 @@ def apply_override(raw: dict, text: str) -> None:
             if index >= len(node):
                 _fail(place, f"{walked} has {len(node)} entries, so there is no index {index}")
             if last:
-                node[index] = value
+                node[index] = merged(node[index], value)
             else:
                 node = node[index]
             walked = f"{walked}[{index}]"

@@ -89,14 +89,20 @@ class Sequential:
         raise KeyError(f"no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
 
     # ---- computation ------------------------------------------------------------------
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Every layer in order on a batch (N, *input_shape); raises ShapeError for other shapes."""
+    def forward(self, x: np.ndarray, record: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+        """Every layer in order on a batch (N, *input_shape); raises ShapeError for other shapes.
+
+        ``record(name, a)``, when given, receives each layer's output (its activations) as it is made;
+        the array may be the layer's own buffer: copy it to keep it.
+        """
         if x.shape[1:] != self.input_shape:
             raise ShapeError(
                 "input", f"expected samples of shape {_fmt(self.input_shape)}, got {_fmt(x.shape[1:])}"
             )
         for layer in self.layers:
             x = layer.forward(x)
+            if record is not None:
+                record(layer.name, x)
         return x
 
     def backward(
@@ -135,13 +141,15 @@ class Sequential:
         loss: Loss,
         record: Callable[[str, np.ndarray], None] | None = None,
         input_grad: bool = True,
+        outputs: Callable[[str, np.ndarray], None] | None = None,
     ) -> float:
         """Forward, loss, backward; fills every ``layer.grads`` with ∂(mean loss)/∂θ.
 
         Returns the batch-mean loss.  ``input_grad=False`` skips ∂L/∂input (see
         ``backward``); the returned loss and every gradient are the same either way.
+        ``outputs`` is ``forward``'s ``record`` (each layer's output), ``record`` ``backward``'s.
         """
-        out = self.forward(x)
+        out = self.forward(x, outputs)
         losses = loss.forward(out, target)
         self.backward(loss.backward(), record, input_grad)
         inv_m = 1.0 / x.shape[0]

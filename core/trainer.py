@@ -12,19 +12,28 @@ is NaN or Inf, the batch is recomputed with delta recording to find the first la
 the output, whose delta is non-finite, and :class:`Diverged` is raised with the weights still those
 before the failing batch.  With ``divergence_factor`` set, a batch loss above ``factor × first_loss``
 (the loss of the run's very first batch, at the initial weights) is divergence too.
+
+Threads (``threads``, the config's ``train.threads``): a batch is cut into a fixed number of shards,
+computed forward and backward on replicas of the network in parallel threads, their gradients added in
+shard order (:mod:`cnnbp.core.parallel`).  The numbers depend on the number of shards, which follows
+from the setting and the network alone; how many threads run them (:class:`~cnnbp.core.parallel.Pace`,
+from the CPUs free and the step times measured) never changes a result.  Evaluation shares its batches
+out to the same threads; the probe batch runs on one thread.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
 from cnnbp.core.optim import Optimizer
+from cnnbp.core.parallel import Pace, Shards, Threads, keep_freed_memory, shard_count, usable_cpus
 
 Params = dict[str, dict[str, np.ndarray]]
 #: the stream of a step's random draws (dropout): ``default_rng([seed, STOCHASTIC_STREAM, step])``
@@ -83,6 +92,8 @@ class ProbeResult:
     grads: Params  # {layer: {param: ∂(mean probe loss)/∂θ}}, parametric layers only
     deltas: dict[str, np.ndarray]  # {layer: (n_probe, *output_shape)} for every layer, in layer order
     loss: float  # mean probe loss
+    #: {layer: (n_probe, *output_shape)}: every layer's output (its activations), in layer order
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def correct_count(out: np.ndarray, y: np.ndarray) -> int:
@@ -126,9 +137,11 @@ class Trainer:
         shuffle: bool = True,
         seed: int = 0,
         divergence_factor: float | None = None,
+        threads: Threads = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        shard_count(threads, net, 1)  # a ValueError for a bad setting, now
         self.net = net
         self.loss = loss
         self.optimizer = optimizer
@@ -146,6 +159,36 @@ class Trainer:
         #: that lands then (a second Ctrl-C) leaves weights that match no step, not to be saved
         self.mid_update = False
         self._keep = _KeepOutput(loss)
+        #: ``train.threads``: a number of shards per batch (threads at most), or ``auto``
+        self.threads = threads
+        self._split: int | None = None  # shards per full batch, worked out on first use
+        self._shards: Shards | None = None
+        self._pace: Pace | None = None
+
+    @property
+    def shards(self) -> int:
+        """How many shards a full batch is cut into (:func:`cnnbp.core.parallel.shard_count`); 1 also when
+        the network cannot be replicated (a user's layer that ``copy.deepcopy`` refuses)."""
+        if self._split is None:
+            self._split = shard_count(self.threads, self.net, self.batch_size)
+        return self._split
+
+    def threads_now(self) -> int:
+        """How many threads the next step runs on (1 without shards)."""
+        return self._pace.threads() if self._parallel() is not None and self._pace is not None else 1
+
+    def _parallel(self) -> Shards | None:
+        """The shards of this network (None when a batch is not cut), made on first use."""
+        if self.shards == 1:
+            return None
+        if self._shards is None:
+            try:
+                self._shards = Shards(self.net, self.loss, self.shards, batch_size=self.batch_size)
+            except Exception:  # noqa: BLE001 - a layer that cannot be copied: one shard, as always
+                self._split = 1
+                return None
+            self._pace = Pace(min(self.shards, usable_cpus()))
+        return self._shards
 
     def order(self, n: int, epoch: int) -> np.ndarray | None:
         """The sample order of ``epoch`` (None = the stored order, when shuffling is off)."""
@@ -178,6 +221,7 @@ class Trainer:
         if start.epoch != epoch or not 0 <= start.batches_done <= n_batches:
             raise ValueError(f"cannot resume epoch {epoch} from {start}")
         progress = self.progress = EpochProgress(epoch, start.batches_done, start.loss_sum, start.n_correct)
+        keep_freed_memory()  # no page faults for every step's new arrays (see there)
         with self.net.in_phase("train"):
             for i in range(start.batches_done, n_batches):
                 lo, hi = i * bs, min(n, (i + 1) * bs)
@@ -193,14 +237,31 @@ class Trainer:
                 self.mid_update = False
                 if on_batch is not None:
                     on_batch(i + 1, n_batches, batch_loss)
-        self._keep.out = None  # do not pin the last batch's activations
         return EpochStats(epoch, progress.loss_sum / n, progress.n_correct / n, n_batches, n)
 
-    def _step_rng(self) -> None:
-        """The draws of the update about to be made (dropout masks) come from (seed, step): a resumed
-        run makes the same ones."""
+    def _step_rng(self, shards: Shards | None) -> None:
+        """The draws of the update about to be made (dropout masks) come from (seed, step), and with
+        shards from (seed, step, shard): a resumed run makes the same ones."""
         if self.net.stochastic:
-            self.net.set_rng(np.random.default_rng([self.seed, STOCHASTIC_STREAM, self.step + 1]))
+            stream = [self.seed, STOCHASTIC_STREAM, self.step + 1]
+            if shards is None:
+                self.net.set_rng(np.random.default_rng(stream))
+            else:
+                shards.set_rngs([np.random.default_rng([*stream, i]) for i in range(shards.shards)])
+
+    def _gradients(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, np.ndarray]:
+        """Batch loss and network output of one batch, every gradient filled (no ∂L/∂x: training never
+        uses it); in shards when the batch is cut, timed for the choice of the thread count."""
+        shards = self._parallel()
+        self._step_rng(shards)
+        if shards is None or self._pace is None:
+            batch_loss = self.net.gradients(xb, yb, self._keep, input_grad=False)
+            out, self._keep.out = self._keep.out, None
+            return batch_loss, out
+        t0 = time.perf_counter()
+        result = shards.gradients(xb, yb, self._pace.threads())
+        self._pace.record((time.perf_counter() - t0) / xb.shape[0])
+        return result
 
     def _train_batch(
         self, xb: np.ndarray, yb: np.ndarray, epoch: int, batch: int, n_batches: int
@@ -209,23 +270,20 @@ class Trainer:
 
         Leaves ``mid_update`` set: the caller clears it once its own bookkeeping of the step is done.
         """
-        net, keep = self.net, self._keep
-        self._step_rng()
-        batch_loss = net.gradients(xb, yb, keep, input_grad=False)  # training never uses ∂L/∂x
+        net = self.net
+        batch_loss, out = self._gradients(xb, yb)
         if not (math.isfinite(batch_loss) and _all_finite(net.grads())):
-            keep.out = None
             raise self._diverged(epoch, batch, n_batches, xb, yb, batch_loss)
         factor = self.divergence_factor
         if math.isnan(self.first_loss):
             self.first_loss = batch_loss
         elif factor is not None and self.first_loss > 0 and batch_loss > factor * self.first_loss:
-            keep.out = None
             reason = (
                 f"loss {batch_loss:.6g} is over divergence_factor {factor:g} × the first batch's loss "
                 f"{self.first_loss:.6g}"
             )
             raise Diverged(epoch, self.step + 1, batch, n_batches, batch_loss, None, reason)
-        correct = correct_count(keep.out, yb)
+        correct = correct_count(out, yb)
         self.mid_update = True
         self.optimizer.step(net.parameters(), net.grads())
         self.step += 1
@@ -242,19 +300,23 @@ class Trainer:
         added when there is one.
         """
         what = "loss" if not math.isfinite(batch_loss) else "gradient"
-        recorded: list[tuple[str, bool]] = []  # output → input, as backward visits the layers
+        recorded: dict[str, bool] = {}  # output → input, as backward visits the layers; every shard
 
         def record(name: str, delta: np.ndarray) -> None:
-            recorded.append((name, bool(np.isfinite(delta).all())))
+            recorded[name] = recorded.get(name, True) and bool(np.isfinite(delta).all())
 
         saved = {name: {k: v.copy() for k, v in group.items()} for name, group in self.net.state().items()}
+        shards = self._parallel()
         with np.errstate(all="ignore"):
-            self._step_rng()
-            self.net.gradients(x, y, self.loss, record, input_grad=False)
-            self._step_rng()
-            forward_bad, out_max = _forward_check(self.net, x)
+            self._step_rng(shards)
+            if shards is None:
+                self.net.gradients(x, y, self.loss, record, input_grad=False)
+            else:  # the same shards, one after the other: the same numbers as the failing step
+                shards.gradients(x, y, 1, record)
+            self._step_rng(shards)
+            forward_bad, out_max = _forward_check(self.net, x, shards)
         self.net.set_state(saved)  # the recomputation is not a training step
-        layer = next((name for name, ok in recorded if not ok), None)
+        layer = next((name for name, ok in recorded.items() if not ok), None)
         bad_grads = [
             name
             for name, group in self.net.grads().items()
@@ -285,28 +347,41 @@ class Trainer:
         if n == 0:
             return float("nan"), float("nan")
         bs = int(batch_size or max(self.batch_size, 256))
-        loss_sum = 0.0
-        n_correct = 0
+        shards = self._parallel()
         with self.net.in_phase("eval"):
-            for lo in range(0, n, bs):
-                xb, yb = x[lo : lo + bs], y[lo : lo + bs]
-                out = self.net.forward(xb)
-                loss_sum += float(self.loss.forward(out, yb).sum().real)
-                n_correct += correct_count(out, yb)
+            if shards is None:
+                results = [self._forward_loss(x[lo : lo + bs], y[lo : lo + bs]) for lo in range(0, n, bs)]
+            else:  # whole batches to each thread: every batch's numbers are the same as on one thread
+                results = shards.evaluate(x, y, bs, self.threads_now())
+        loss_sum, n_correct = 0.0, 0
+        for lo, (out, losses) in zip(range(0, n, bs), results, strict=True):  # in batch order
+            loss_sum += float(losses.sum().real)
+            n_correct += correct_count(out, y[lo : lo + bs])
         return loss_sum / n, n_correct / n
 
+    def _forward_loss(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.net.forward(x)
+        return out, self.loss.forward(out, y)
+
     def probe(self, x: np.ndarray, y: np.ndarray) -> ProbeResult:
-        """Mean-loss gradients and every layer's per-sample deltas for ``(x, y)``; no optimiser step."""
+        """Mean-loss gradients and every layer's per-sample deltas and outputs for ``(x, y)``; no
+        optimiser step."""
         recorded: dict[str, np.ndarray] = {}
+        outputs: dict[str, np.ndarray] = {}
 
         def record(name: str, delta: np.ndarray) -> None:
             recorded[name] = np.array(delta, copy=True)  # the engine may reuse or free its buffers
 
+        def output(name: str, a: np.ndarray) -> None:
+            outputs[name] = a  # copied below, once the backward pass (which only reads it) is done
+
         with self.net.in_phase("probe"):
-            loss = self.net.gradients(x, y, self.loss, record, input_grad=False)
+            loss = self.net.gradients(x, y, self.loss, record, input_grad=False, outputs=output)
         deltas = {layer.name: recorded[layer.name] for layer in self.net.layers}
         grads = {name: {k: g.copy() for k, g in group.items()} for name, group in self.net.grads().items()}
-        return ProbeResult(grads, deltas, loss)
+        # the copies after the backward pass, not during it: the peak of memory stays the backward's
+        activations = {layer.name: np.array(outputs[layer.name], copy=True) for layer in self.net.layers}
+        return ProbeResult(grads, deltas, loss, activations)
 
 
 def _all_finite(grads: Params) -> bool:
@@ -318,17 +393,23 @@ def _all_finite(grads: Params) -> bool:
     return True
 
 
-def _forward_check(net: Sequential, x: np.ndarray) -> tuple[str | None, float]:
+def _forward_check(net: Sequential, x: np.ndarray, shards: Shards | None = None) -> tuple[str | None, float]:
     """The first layer, from the input, whose forward output holds NaN or Inf (None when none does),
-    and the largest finite magnitude of the network's output."""
+    and the largest finite magnitude of the network's output; with ``shards``, shard by shard on their
+    replicas (the draws of a stochastic layer are the shards' own)."""
     if not np.isfinite(x).all():
         return "the input", math.nan
-    bad = None
-    for layer in net.layers:
-        x = layer.forward(x)
-        if bad is None and not np.isfinite(x).all():
-            bad = layer.name
-    finite = np.abs(x[np.isfinite(x)])
+    pieces = [(net, x)] if shards is None else shards.pieces(x)
+    first, outs = len(net.layers), []
+    for twin, a in pieces:
+        for i, layer in enumerate(twin.layers):
+            a = layer.forward(a)
+            if i < first and not np.isfinite(a).all():
+                first = i
+        outs.append(a)
+    out = np.concatenate(outs)
+    finite = np.abs(out[np.isfinite(out)])
+    bad = net.layers[first].name if first < len(net.layers) else None
     return bad, float(finite.max()) if finite.size else math.nan
 
 

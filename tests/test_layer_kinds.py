@@ -21,28 +21,12 @@ from cnnbp.config import build_network, config_from_dict
 from cnnbp.config_schema import json_schema_document
 from cnnbp.core.gradcheck import gradcheck
 from cnnbp.core.hyper import hyper_params
-from cnnbp.core.layers import Dense, Flatten, Layer
 from cnnbp.core.losses import SoftmaxCrossEntropy
-from cnnbp.core.network import Sequential
 from cnnbp.core.optim import SGD
 from cnnbp.core.registry import LAYERS
 from cnnbp.core.trainer import Trainer
 from cnnbp.render.console import model_table
-
-IMAGE = (2, 6, 7)
-VECTOR = (5,)
-#: hyper-parameters to build each kind with (several for a kind with modes); kinds not listed take none
-EXAMPLES: dict[str, list[dict]] = {
-    "conv": [{"filters": 3, "kernel": [2, 3], "stride": [1, 2], "padding": [1, 0]},
-             {"filters": 2, "kernel": 3, "bias": "untied"}],
-    "dense": [{"units": 4}],
-    "pool": [{"size": [2, 3], "stride": [1, 2], "mode": "max"}, {"size": 2, "mode": "mean"},
-             {"size": [3, 2], "stride": 1, "mode": "lp", "p": 3.0}],
-    "subsample": [{"scale": 2}],
-    "leaky_relu": [{"alpha": 0.2}],
-    "batchnorm": [{}, {"momentum": 0.3, "eps": 0.001}],
-}  # fmt: skip
-CASES = [(kind, h) for kind in LAYERS for h in EXAMPLES.get(kind, [{}])]
+from tests.conftest import CASES, EXAMPLES, IMAGE, VECTOR, inputs, network
 
 
 def test_every_kind_can_be_built() -> None:
@@ -51,25 +35,8 @@ def test_every_kind_can_be_built() -> None:
         assert not needs or kind in EXAMPLES, f"add an example of {kind} (it needs {needs}) to EXAMPLES"
 
 
-def network(kind: str, hyper: dict, dtype: type = np.float64) -> Sequential:
-    """The layer between an input and a flatten + dense head, built with random (not initial) weights."""
-    layer = LAYERS[kind].from_hyper(hyper, name="under_test")
-    shape = VECTOR if kind == "dense" else IMAGE
-    head: list[Layer] = [] if kind in ("dense", "flatten") else [Flatten(name="flat")]
-    net = Sequential([layer, *head, Dense(3, name="head")], shape)
-    net.build(np.random.default_rng(0), dtype)
-    rng = np.random.default_rng(1)
-    for group in net.parameters().values():
-        for key, w in group.items():
-            group[key][...] = rng.uniform(-0.8, 0.8, size=w.shape)
-    return net
 
 
-def inputs(net: Sequential, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(2)
-    x = rng.uniform(-1, 1, size=(n, *net.input_shape))
-    x += np.sign(x) * 0.05  # away from relu's and |x|'s kink at 0
-    return x, rng.integers(0, 3, size=n)
 
 
 @pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])

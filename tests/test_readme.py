@@ -10,15 +10,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def block_after(marker: str) -> str:
-    """The fenced code block that follows ``<!-- tested: MARKER -->`` in the README."""
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- tested: {marker} -->\s*```\w*\n(.*?)```", text, re.S)
-    assert match, f"no block marked {marker!r} in the README"
-    return match.group(1)
+from tests.conftest import block_after
 
 
 def test_the_notebook_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from cnnbp.bench import BenchResult, run_bench, use_threads
+from cnnbp.bench import BenchResult, limit_threads, parse_threads, run_bench
 from cnnbp.commands import options
 from cnnbp.config import build_loss, build_network, build_optimizer, load_config
 from cnnbp.errors import UserError
@@ -29,10 +29,12 @@ from cnnbp.torch_mirror import TORCH_HINT, have_torch
 def _render(result: BenchResult) -> None:
     """The result as text on stdout: header, engine timing, per-layer table, PyTorch comparison."""
     con = stdout_console()
-    e = result.engine
+    e, th = result.engine, result.threads
+    blas = th["blas"] if th["blas"] is not None else "?"
     con.print(
         f"{result.config} · batch {result.batch} · {result.dtype} · {result.steps} steps"
-        f" · BLAS threads {result.threads['blas'] if result.threads['blas'] is not None else '?'}",
+        f" · threads {th['engine']} ({th['shards']} shard{'s' if th['shards'] != 1 else ''},"
+        f" BLAS {blas} each)",
         markup=False,
         soft_wrap=True,
     )
@@ -42,7 +44,10 @@ def _render(result: BenchResult) -> None:
         markup=False,
         soft_wrap=True,
     )
-    table = Table(title="per layer (median of the profiled steps)", title_justify="left")
+    title = "per layer (median of the profiled steps)"
+    if th["shards"] > 1:
+        title = f"per layer (medians; one shard of {result.profile_batch}, one thread)"
+    table = Table(title=title, title_justify="left")
     for col in ("layer", "kind", "forward ms", "backward ms", "share"):
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for row in result.layers:
@@ -67,7 +72,12 @@ def _render(result: BenchResult) -> None:
             markup=False,
             soft_wrap=True,
         )
-        con.print(f"ratio engine / torch (medians, alternating): {result.ratio:.2f}", markup=False)
+        each = "thread each" if th["engine"] == th["torch"] == 1 else "threads each"
+        if th["engine"] != th["torch"]:
+            each = f"threads: engine {th['engine']}, torch {th['torch']}"
+        else:
+            each = f"{th['engine']} {each}"
+        con.print(f"ratio engine / torch at {each} (medians, alternating): {result.ratio:.2f}", markup=False)
 
 
 def bench(
@@ -85,9 +95,13 @@ def bench(
         typer.Option("--dtype", help="float32 or float64. Default: the config's.", show_default=False),
     ] = None,
     threads: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            "--threads", min=1, help="Cap BLAS (and PyTorch) threads. Default: their own.", show_default=False
+            "--threads",
+            metavar="auto|N",
+            help="The engine's threads as train.threads (the batch cut into N shards, one BLAS thread "
+            "each), and PyTorch's: the same number. Default: auto, as training.",
+            show_default=False,
         ),
     ] = None,
     vs: Annotated[
@@ -115,8 +129,12 @@ def bench(
         raise UserError(f"--vs: the only comparison is 'torch', got {vs!r}")
     if vs == "torch" and not have_torch():
         raise UserError(TORCH_HINT)
+    try:
+        setting = parse_threads(threads)
+    except ValueError as e:
+        raise UserError(f"--threads: {e}") from None
     if threads is not None:
-        use_threads(threads, torch=vs == "torch", argv=sys.argv[1:])
+        limit_threads(1, argv=sys.argv[1:])  # one BLAS thread per engine thread
     cfg = load_config(config, list(sets or []))
     result = run_bench(
         build_network(cfg),
@@ -128,6 +146,7 @@ def bench(
         steps=steps,
         seed=cfg.seed,
         vs_torch=vs == "torch",
+        threads=setting,
     )
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=None))

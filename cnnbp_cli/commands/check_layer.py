@@ -17,10 +17,10 @@ from rich.text import Text
 
 from cnnbp.commands import options
 from cnnbp.layercheck import FAIL, Case, Check, LayerCheckReport, check_layer
-from cnnbp.render.console import shape_text, stdout_console
+from cnnbp.render.console import plural, shape_text, stdout_console
 from cnnbp.render.termplot import clip_left
 
-_STATUS_STYLE = {"PASS": "green", FAIL: "bold red", "KINK": "yellow"}
+_STATUS_STYLE = {"PASS": "green", FAIL: "bold red", "KINK": "yellow", "UNCHECKED": "yellow"}
 
 
 class Dtype(str, Enum):
@@ -103,13 +103,17 @@ def verdict(report: LayerCheckReport) -> Text:
         worst = max((c.max_rel_error for c in checks if not math.isnan(c.max_rel_error)), default=0.0)
         text = Text("PASS", style="green")
         text.append(
-            f": {len(report.cases)} cases, {len(checks)} checks, largest relative error {_num(worst)}"
+            f": {plural(len(report.cases), 'case')}, {plural(len(checks), 'check')}, "
+            f"largest relative error {_num(worst)}"
         )
+        unchecked = sum(c.unchecked for c in checks)
+        if unchecked:
+            text.append(f"; {plural(unchecked, 'element')} UNCHECKED (see cnnbp gradcheck)")
         return text
     failed = [case for case in report.cases if case.status == FAIL]
     names = sorted({c.check for case in failed for c in case.checks if c.status == FAIL})
     text = Text("FAIL", style="bold red")
-    text.append(f": {len(failed)} of {len(report.cases)} cases ({', '.join(names)})")
+    text.append(f": {len(failed)} of {plural(len(report.cases), 'case')} ({', '.join(names)})")
     return text
 
 

@@ -2,7 +2,7 @@
 
 Exit codes: 0 written and verified (or ``--no-verify``); 1 verification failed (nothing written);
 2 a user error (bad target or option, an existing output without ``--force``, a model ONNX cannot
-express, the ``onnx`` extra missing).
+express, the ``onnx`` or ``tensorboard`` extra missing).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from cnnbp.exporting import TOLERANCE, ExportReport
 from cnnbp.exporting import export as export_checkpoint
 from cnnbp.plugins import load_option
 from cnnbp.render.console import print_error, stdout_console
+from cnnbp.tensorboard import TensorBoardReport
 
 
 class Format(str, Enum):
     onnx = "onnx"
     npz = "npz"
     json = "json"
+    tensorboard = "tensorboard"
 
 
 class Ops(str, Enum):
@@ -52,8 +54,31 @@ def _tolerance(r: ExportReport) -> str:
     return f"{r.tolerance:.2e} = {base:g} × max |output| {r.output_scale:.3g}"
 
 
-def report_lines(r: ExportReport) -> list[Text]:
+def tensorboard_lines(r: TensorBoardReport) -> list[Text]:
+    """The report of a TensorBoard export: the folder, the run, what was written, the read-back."""
+    epochs = f"epoch {r.epochs[0]}" if len(r.epochs) == 1 else f"epochs {r.epochs[0]}–{r.epochs[-1]}"
+    files = f"{r.files} event file{'s' if r.files != 1 else ''}"
+    rows = [
+        ("exported" if r.written else "not written", f"{r.path} (TensorBoard, {files}, {_size(r.bytes)})"),
+        ("from", f"{r.source} · run {r.run}, {len(r.epochs)} checkpoints ({epochs}), {r.steps:,} steps"),
+        ("scalars", f"{r.scalars:,} in {r.scalar_tags} tags (step/*: every step, epoch/*: every epoch)"),
+        ("histograms", f"{r.histograms:,} in {r.histogram_tags} tags (weights, grads, deltas, activations)"),
+    ]
+    if not r.verified:
+        rows.append(("verify", "skipped (--no-verify)"))
+    else:
+        result = "ok" if r.ok else f"FAILED: {r.problem}"
+        rows.append(("verify", f"event files read back: every scalar, histogram and the config {result}"))
+    if r.written:
+        rows.append(("view", f"tensorboard --logdir {r.path}"))
+    width = max(len(k) for k, _ in rows) + 2
+    return [Text.assemble((k.ljust(width), "bold"), v) for k, v in rows]
+
+
+def report_lines(r: ExportReport | TensorBoardReport) -> list[Text]:
     """The plain report: file, source, the ONNX graph, the verification."""
+    if isinstance(r, TensorBoardReport):
+        return tensorboard_lines(r)
     rows = [
         ("exported" if r.written else "not written", f"{r.path} ({r.format.upper()}, {_size(r.bytes)})"),
         ("from", f"{r.checkpoint} · run {r.run}, epoch {r.epoch}, {r.dtype}"),
@@ -91,7 +116,8 @@ _OUTPUT_HELP = (
     "(model-NNNN.<ext> for an earlier checkpoint; <run>-NNNN.<ext> beside a loose checkpoint file)."
 )
 _FORMAT_HELP = (
-    "onnx (a standard ONNX graph), npz (one array per layer/param) or json. Default: -o's suffix, else onnx."
+    "onnx (a standard ONNX graph), npz (one array per layer/param), json, or tensorboard (the whole run as "
+    "event files in a folder, default runs/<name>/tensorboard). Default: -o's suffix, else onnx."
 )
 _OPS_HELP = (
     "ONNX only. native: Conv/AveragePool/LpPool; decomposed: Slice/Sum/MatMul forms. "
@@ -121,7 +147,7 @@ def export(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     plugins: options.Plugins = None,
 ) -> None:
-    """Export a checkpoint's network as ONNX, NPZ or JSON, verified against the engine."""
+    """Export a checkpoint's network as ONNX, NPZ or JSON (or a run as TensorBoard events), verified."""
     load_option(plugins)
     report = export_checkpoint(
         target, output, fmt.value if fmt is not None else None, checkpoint=checkpoint, opset=opset,
@@ -134,6 +160,9 @@ def export(
         console = stdout_console()
         for line in report_lines(report):
             console.print(line, soft_wrap=True)
+    if not report.ok and isinstance(report, TensorBoardReport):
+        print_error(f"{report.path}: verification failed: {report.problem}; nothing was written")
+        raise typer.Exit(1)
     if not report.ok:
         diff = _diff(report.max_abs_diff if report.max_abs_diff is not None else math.nan)
         if report.format == "onnx":

@@ -1,10 +1,11 @@
-"""``cnnbp gradcheck``: parse the options, run the library check (:mod:`cnnbp.checking`), render the
-report: a table on stdout (one row per tensor; compacted, then with columns left out, to fit the
-terminal — see :func:`rows_table`) and a footer (method, inputs, precision, size and time, verdict);
-``--json`` prints the same as one JSON object.
+"""``cnnbp gradcheck``: parse the options, run the library check (:mod:`cnnbp.checking`) with a progress
+bar on stderr (a terminal only, not with ``--json``), render the report: a table on stdout (one row per
+tensor; compacted, then with columns left out, to fit the terminal — see :func:`rows_table`) and a
+footer (method, inputs, precision, size and time, verdict); ``--json`` prints the same as one JSON
+object.
 
-Exit codes: 0 no row FAILs (KINK rows allowed), 1 a FAIL (or a KINK with ``--strict``), 2 a usage or
-config error.
+Exit codes: 0 no row FAILs (KINK and UNCHECKED rows allowed), 1 a FAIL (or an UNCHECKED element with
+``--strict``), 2 a usage or config error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,19 +23,29 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from cnnbp.checking import GradcheckReport, Subject, check_options, prepare, run_check
 from cnnbp.commands import options
-from cnnbp.core.gradcheck import DEFAULT_EPS, FAIL, KINK, PASS, GradcheckResult
+from cnnbp.core.gradcheck import (
+    DEFAULT_DIRECTIONS,
+    DEFAULT_EPS,
+    FAIL,
+    KINK,
+    PASS,
+    UNCHECKED,
+    GradcheckResult,
+    TensorCheck,
+)
 from cnnbp.errors import UserError
 from cnnbp.plugins import load_option
-from cnnbp.render.console import shape_text, stderr_console, stdout_console
+from cnnbp.render.console import plural, shape_text, stderr_console, stdout_console
 
 __all__ = ["Method", "gradcheck", "parse_eps"]
 
-_STATUS_STYLE = {PASS: "green", FAIL: "bold red", KINK: "yellow"}
+_STATUS_STYLE = {PASS: "green", FAIL: "bold red", KINK: "yellow", UNCHECKED: "magenta"}
 _MAX_LISTED = 8  # failing rows named in the verdict
 
 
@@ -43,6 +56,13 @@ class Method(str, Enum):
     richardson = "richardson"
     complex = "complex"
     auto = "auto"
+
+
+class Mode(str, Enum):
+    """``--mode``."""
+
+    elements = "elements"
+    directional = "directional"
 
 
 # ---- option parsing ---------------------------------------------------------------------------------
@@ -119,23 +139,17 @@ def _rows_table(result: GradcheckResult, compact: bool, omit: tuple[str, ...]) -
         caption_justify="left",
     )
     fmt = "sci" if compact else ".6g"
-    counts_only = compact and all(r.checked == r.total for r in result.rows)
+    counts_only = compact and all(r.checked == r.total or r.mode == "directional" for r in result.rows)
     columns: dict[str, tuple[dict[str, Any], list[str | Text]]] = {
         "layer": ({"overflow": "fold"}, [r.layer for r in result.rows]),
         "tensor": ({"no_wrap": True}, [r.tensor for r in result.rows]),
         "shape": ({"overflow": "fold"}, [shape_text(r.shape) for r in result.rows]),
-        "checked": (
-            {"justify": "right", "no_wrap": True},
-            [f"{r.total}" if counts_only else f"{r.checked}/{r.total}" for r in result.rows],
-        ),
+        "checked": ({"justify": "right", "no_wrap": True}, [_checked(r, counts_only) for r in result.rows]),
         "max err": (
             {"justify": "right", "no_wrap": True},
             [_num(r.max_rel_error, ".1e") for r in result.rows],
         ),
-        "worst at": (
-            {"no_wrap": True},
-            [(_index(r.worst_index) if compact else f"({_index(r.worst_index)})") for r in result.rows],
-        ),
+        "worst at": ({"no_wrap": True}, [_worst_at(r, compact) for r in result.rows]),
         "analytic": ({"justify": "right", "no_wrap": True}, [_num(r.analytic, fmt) for r in result.rows]),
         "numeric": ({"justify": "right", "no_wrap": True}, [_num(r.numeric, fmt) for r in result.rows]),
         "status": (
@@ -155,32 +169,57 @@ def _index(index: tuple[int, ...]) -> str:
     return ",".join(str(i) for i in index)
 
 
+def _checked(r: TensorCheck, counts_only: bool) -> str:
+    """Elements checked (of how many), or the number of directions of a directional row."""
+    if r.mode == "directional":
+        return f"{r.checked} dirs"
+    return f"{r.total}" if counts_only else f"{r.checked}/{r.total}"
+
+
+def _worst_at(r: TensorCheck, compact: bool) -> str:
+    """The worst element's index, or ``u<k>`` for direction k of a directional row."""
+    if r.mode == "directional":
+        return f"u{r.worst_index[0]}" if r.worst_index else ""
+    return _index(r.worst_index) if compact else f"({_index(r.worst_index)})"
+
+
+def _names(rows: list[str]) -> str:
+    return ", ".join(rows[:_MAX_LISTED]) + (", …" if len(rows) > _MAX_LISTED else "")
+
+
 def verdict_text(result: GradcheckResult, strict: bool) -> Text:
-    """The verdict with the rows that decide it."""
+    """The verdict with the rows that decide it; rows with UNCHECKED elements are always named, with how
+    many of their elements could not be checked."""
     fails = [f"{r.layer}.{r.tensor}" for r in result.rows if r.status == FAIL]
     kinks = [f"{r.layer}.{r.tensor}" for r in result.rows if r.status == KINK]
-
-    def names(rows: list[str]) -> str:
-        return ", ".join(rows[:_MAX_LISTED]) + (", …" if len(rows) > _MAX_LISTED else "")
-
+    gaps = [r for r in result.rows if r.n_unchecked]
+    unit = "direction" if gaps and all(r.mode == "directional" for r in gaps) else "element"
+    unchecked = (
+        f"{plural(result.unchecked, unit)} UNCHECKED ("
+        + _names([f"{r.layer}.{r.tensor} {r.n_unchecked:,}/{r.checked:,}" for r in gaps])
+        + ")"
+    )
     if fails:
         text = Text("FAIL", style="bold red")
-        text.append(f": {len(fails)} row{'s' * (len(fails) != 1)} over rtol {result.rtol:g} ({names(fails)})")
-        if kinks:
-            text.append(f"; also {len(kinks)} KINK row{'s' * (len(kinks) != 1)}")
+        text.append(f": {plural(len(fails), 'row')} over rtol {result.rtol:g} ({_names(fails)})")
+        if gaps:
+            text.append(f"; also {unchecked}")
         return text
-    if kinks and strict:
-        text = Text("FAIL", style="bold red")
-        text.append(f" (--strict): {len(kinks)} KINK row{'s' * (len(kinks) != 1)} ({names(kinks)})")
-        return text
+    if gaps and strict:
+        return Text("FAIL", style="bold red") + Text(f" (--strict): {unchecked}")
     text = Text("PASS", style="green")
+    if not kinks and not gaps:
+        text.append(f": every checked element within rtol {result.rtol:g}")
+        return text
+    text.append(": no FAIL")
     if kinks:
         text.append(
-            f": no FAIL; {len(kinks)} KINK row{'s' * (len(kinks) != 1)} ({names(kinks)}): a perturbation "
-            "crossed a relu/max/lp kink, where finite differences do not apply (--strict fails them)"
+            f"; {plural(len(kinks), 'KINK row')} ({_names(kinks)}): elements whose perturbation crossed a "
+            "relu/max/lp kink, checked at the kink"
         )
-    else:
-        text.append(f": every checked element within rtol {result.rtol:g}")
+    if gaps:
+        text.append(f"; {unchecked}: several kinks at once, or too near a point of low smoothness "
+                    "(--strict fails them)")  # fmt: skip
     return text
 
 
@@ -204,15 +243,36 @@ def footer(subject: Subject, result: GradcheckResult, strict: bool) -> Table:
     if result.cast_from:
         precision += f" (network is {result.cast_from})"
     grid.add_row("precision", precision)
-    checked = sum(r.checked for r in result.rows)
-    total = sum(r.total for r in result.rows)
-    elements = f"every element ({total:,})" if checked == total else f"{checked:,} of {total:,} elements"
-    grid.add_row(
-        "checked",
-        f"{elements}, {len(result.rows)} tensors, {result.samples} samples in {result.seconds:.2f} s",
-    )
+    grid.add_row("checked", checked_text(result))
+    kinks = sum(r.n_kink for r in result.rows)
+    if kinks:
+        grid.add_row(
+            "kinks",
+            f"{plural(kinks, 'element')} crossed a kink: each matches the derivative of the piece its "
+            "layers' state selects (or, for a layer that cannot be held in its state, lies between its "
+            "backward and forward derivatives)",
+        )
     grid.add_row("verdict", verdict_text(result, strict))
     return grid
+
+
+def checked_text(result: GradcheckResult) -> str:
+    """How much was checked, in what time: every element, some of them, or directions per tensor."""
+    rows = result.rows
+    size = f"{len(rows)} tensors, {result.samples} samples in {result.seconds:.2f} s"
+    if result.mode == "directional":
+        text = f"{result.directions} random directions per tensor, {size}"
+        failed = [f"{r.layer}.{r.tensor}" for r in rows if r.fallback == FAIL]
+        kinked = [f"{r.layer}.{r.tensor}" for r in rows if r.fallback == KINK]
+        if failed:
+            text += f"; every element after a failed direction: {_names(failed)}"
+        if kinked:
+            text += f"; some elements, as a direction crossed a kink: {_names(kinked)}"
+        return text
+    checked = sum(r.checked for r in rows)
+    total = sum(r.total for r in rows)
+    elements = f"every element ({total:,})" if checked == total else f"{checked:,} of {total:,} elements"
+    return f"{elements}, {size}"
 
 
 def print_report(console: Console, subject: Subject, result: GradcheckResult, strict: bool) -> None:
@@ -221,6 +281,29 @@ def print_report(console: Console, subject: Subject, result: GradcheckResult, st
     console.print(head)
     console.print(rows_table(result, console.width))
     console.print(footer(subject, result, strict))
+
+
+@contextmanager
+def progress_bar(console: Console, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient bar on ``console`` (stderr): items done of all, elapsed time and an ETA; yields the
+    ``progress(done, total)`` callback the check calls."""
+    bar = Progress(
+        TextColumn("checking gradients"),
+        BarColumn(),
+        TextColumn("{task.fields[count]} {task.fields[unit]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("gradcheck", total=None, unit=unit, count="")
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, count=f"{done:,}/{total:,}")
+
+    with bar:
+        yield update
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -263,7 +346,22 @@ PerTensor = Annotated[
 MethodOption = Annotated[Method, typer.Option("--method", "-m", metavar="METHOD", help=_METHOD_HELP)]
 Eps = Annotated[str, typer.Option("--eps", metavar="auto|FLOAT", help=_EPS_HELP)]
 Rtol = Annotated[float, typer.Option("--rtol", help="An element fails when its relative error exceeds this.")]
-Strict = Annotated[bool, typer.Option("--strict", help="Count KINK rows as failures (exit 1).")]
+Strict = Annotated[
+    bool,
+    typer.Option("--strict", help="Count UNCHECKED elements as failures (exit 1); KINK rows are checked."),
+]
+ModeOption = Annotated[
+    Mode,
+    typer.Option("--mode", metavar="MODE",
+                 help="elements: every element (or --per-tensor K of each). directional: each tensor along "
+                      f"random directions (--directions, default {DEFAULT_DIRECTIONS}), element by element "
+                      "only where a direction fails; for networks too large to check element by element."),
+]  # fmt: skip
+Directions = Annotated[
+    int | None,
+    typer.Option("--directions", metavar="K", min=1, show_default=False,
+                 help=f"Random directions per tensor, --mode directional (default {DEFAULT_DIRECTIONS})."),
+]  # fmt: skip
 Seed = Annotated[
     int | None,
     typer.Option("--seed", help="Seed of the sample draw. Default: the config's seed.", show_default=False),
@@ -281,6 +379,8 @@ def gradcheck(
     eps: Eps = "auto",
     rtol: Rtol = 1e-6,
     strict: Strict = False,
+    mode: ModeOption = Mode.elements,
+    directions: Directions = None,
     seed: Seed = None,
     sets: options.sets_option(_SET_HELP) = None,  # type: ignore[valid-type]
     json_out: options.Json = False,
@@ -297,30 +397,34 @@ def gradcheck(
     F = 3e-4 for central, 5e-6 for richardson, 1e-9 for complex: gradients below the floor are
     compared absolutely, as a difference quotient's rounding noise grows with |L|.
 
-    Status: PASS, every checked element within --rtol. FAIL, one is not. KINK, the only elements
-    over --rtol are ones whose perturbation flipped a relu, max-pool or lp-pool decision (read from
-    the layers' state, never from the error size): finite differences do not apply there.
+    Status: PASS, every checked element within --rtol. FAIL, one is not. KINK, an element whose
+    perturbation flipped a relu, max-pool or lp-pool decision (read from the layers' state, never
+    from the error size) was checked at the kink: against the derivative of the piece the layers'
+    state selects (the layers held in that state), with its backward and forward derivatives
+    reported. UNCHECKED, an element could not be checked (several kinks at once in a layer that
+    cannot be held in its state, or too near a point of low smoothness); the verdict names those.
 
-    Exit codes: 0 pass (KINK rows allowed), 1 a FAIL (or a KINK with --strict), 2 a usage or
-    config error.
+    Exit codes: 0 pass (KINK and UNCHECKED rows allowed), 1 a FAIL (or an UNCHECKED element with
+    --strict), 2 a usage or config error.
     """
     load_option(plugins)
     out_con, err_con = stdout_console(), stderr_console()
     step = parse_eps(eps)
-    check_options(check_all or None, per_tensor, step, rtol)
+    check_options(check_all or None, per_tensor, step, rtol, mode.value, directions)
     subject, selected, rng = prepare(
         target, method=method.value, checkpoint=checkpoint, samples=samples, layers=list(layers or []),
         seed=seed, overrides=list(sets or []),
     )  # fmt: skip
 
-    def run() -> GradcheckReport:
+    def run(progress: Callable[[int, int], None] | None = None) -> GradcheckReport:
         return run_check(subject, selected, rng, check_all=True if check_all else None, per_tensor=per_tensor,
-                         eps=step, rtol=rtol)  # fmt: skip
+                         eps=step, rtol=rtol, mode=mode.value, directions=directions,
+                         progress=progress)  # fmt: skip
 
     try:
         if err_con.is_terminal and not json_out:
-            with err_con.status("checking gradients…"):
-                report = run()
+            with progress_bar(err_con, "directions" if mode == Mode.directional else "elements") as update:
+                report = run(update)
         else:
             report = run()
     except KeyboardInterrupt:

@@ -9,7 +9,15 @@ Views (``--show``):
 - ``grads`` / ``weights``: the same pictures of ``/grads`` and ``/weights`` (conv kernels per filter and
   input channel, biases as vectors, untied biases as maps).
 - ``metrics``: every epoch's metrics and the curves.
+- ``activations``: every selected layer's output for one probe sample, drawn as the deltas are (both
+  views show the probe sample's input image first, with its target).
+- ``histograms``: per layer, the distribution of weights, gradients and deltas at each checkpoint, one
+  row per checkpoint over a shared axis.
+- ``health``: the gradient health of a checkpoint (δ flow, dead and saturated units, update ratios) and
+  its verdicts (:mod:`cnnbp.health`); with ``--checkpoint all`` how each figure moved.
 - ``--checkpoint all`` with deltas, grads or weights: one norm per layer and checkpoint in a table.
+- several runs (``inspect RUN_A RUN_B …`` or a folder holding runs): their metrics side by side, the
+  config keys that differ, overlaid curves (``summary``, ``metrics``) or their health (``health``).
 
 The numbers come from :mod:`cnnbp.inspection`; this module parses the options and draws.  ``--json``
 prints the same numbers as one JSON document on stdout (arrays as nested lists, NaN as null and ±inf as
@@ -38,15 +46,22 @@ from cnnbp import inspection as ins
 from cnnbp.checkpoint import Checkpoint
 from cnnbp.commands import options
 from cnnbp.errors import UserError
+from cnnbp.health import parse_thresholds
 from cnnbp.plugins import load_option
 from cnnbp.render import termplot as tp
-from cnnbp.render.console import pct, shape_text, stderr_console
+from cnnbp.render.compare import print_compare, print_compare_health
+from cnnbp.render.console import pct, shape_text, stderr_console, wrap_pairs
+from cnnbp.render.health import print_health, print_health_all
+from cnnbp.render.sweep import print_sweep
 from cnnbp.runs import METRIC_COLUMNS
+from cnnbp.sweeping import is_sweep_folder, summary_json, sweep_summary
 
 SMALL_MAP = 12  # maps up to 12×12 print as numbers, larger ones as heatmaps
 MAX_MAPS = 8  # maps shown per array without --full
 MAX_VECTOR_LINES = 8  # rows of a vector shown without --full
 MAX_HEAT_ROWS = 40  # heatmap rows shown without --full
+MAX_HIST_ROWS = 12  # checkpoints a histogram shows without --full (evenly spread, first and last kept)
+MAX_INPUT_CHANNELS = 3  # channels of the probe input drawn beside deltas and activations
 
 
 class View(str, Enum):
@@ -54,9 +69,15 @@ class View(str, Enum):
 
     summary = "summary"
     deltas = "deltas"
+    activations = "activations"
     grads = "grads"
     weights = "weights"
     metrics = "metrics"
+    histograms = "histograms"
+    health = "health"
+
+
+COMPARE_VIEWS = ("summary", "metrics", "health")  # what --show can be for several runs
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,7 @@ class Style:
     full: bool
     color: bool
     width: int
+    palette: str | None = None  # the terminal's colour system (heatmap palettes): truecolor, 256, standard
 
 
 # ---- drawing arrays -----------------------------------------------------------------------------------
@@ -75,7 +97,7 @@ class Style:
 def _axes_names(arr: np.ndarray, kind: str) -> tuple[str, ...]:
     """Names of the leading (non-map) axes: δ channels, kernel filters and input channels."""
     lead = arr.ndim - 2
-    if kind == "delta":
+    if kind in ("delta", "activation"):
         names: tuple[str, ...] = ("channel",)
     else:
         names = ("filter", "input")
@@ -113,7 +135,7 @@ def draw_array(arr: np.ndarray, kind: str, style: Style, channel: int | None) ->
     scale = tp.heat_scale(arr)
     lines: list[Text] = []
     if heat:
-        lines += tp.heat_legend(scale, p, style.color, w)
+        lines += tp.heat_legend(scale, p, style.palette, w)
     elif note:
         lines.append(Text(f"values {note}" + (" (every map)" if len(indices) > 1 else ""), style="bold"))
     blocks = []
@@ -131,7 +153,7 @@ def draw_array(arr: np.ndarray, kind: str, style: Style, channel: int | None) ->
     lines += tp.side_by_side(blocks, w)
     if len(shown) < len(indices):
         more = len(indices) - len(shown)
-        pick = "--channel N picks one" + (" filter" if kind != "delta" else "")
+        pick = "--channel N picks one" + (" filter" if kind == "param" else "")
         lines.append(
             Text(tp.clip(f"{tp.ELLIPSIS} {more} more maps ({pick}; --full shows all)", w), style="dim")
         )
@@ -150,7 +172,7 @@ def _is_heat(arr: np.ndarray, style: Style) -> bool:
 def _draw_map(m: np.ndarray, style: Style, scale: float, heat: bool, width: int, exponent: int) -> list[Text]:
     """One map as a heatmap or a number matrix."""
     if heat:
-        return tp.heatmap(m, scale=scale, color=style.color, width=width, max_rows=MAX_HEAT_ROWS)
+        return tp.heatmap(m, scale=scale, color=style.palette, width=width, max_rows=MAX_HEAT_ROWS)
     return tp.number_matrix(m, style.precision, width, exponent)
 
 
@@ -190,27 +212,23 @@ def _plural(n: int, word: str) -> str:
 def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
     """The ``summary`` view: the run header, the layer table and the curves."""
     run, ck = data["run"], data["checkpoint"]
-    top = run["best_val_acc"]
-    best_text = f"{pct(top)} (epoch {run['best_val_acc_epoch']})" if math.isfinite(top) else "-"
     planned = run["epochs_planned"]
-    epochs = f"{run['epochs']}" + (f" of {planned}" if planned is not None else "")
+    epochs = f"{run['epochs']}" + (f" of {planned}" if planned is not None else "") + _ended(run["status"])
     have = run["checkpoints"]
     rows = [
         ("run", run["name"] + (f"  ({run['folder']})" if run["folder"] else "")),
-        ("dataset", run["dataset"]),
+        ("dataset", run["dataset"] + _val_text(run["status"])),
         *([("plugins", _plugins_text(run["plugins"], style.width - 14))] if run["plugins"] else []),
         ("dtype · loss", f"{run['dtype']} · {run['loss']}"),
         ("epochs", f"{epochs} · {ck['step']:,} steps at checkpoint {ck['epoch']}"),
-        ("best val_acc", best_text),
+        *([("status", _status_text(run["status"]))] if run["status"] else []),
+        ("best epoch", _best_text(run["best"])),
         ("checkpoints", f"{ins.epoch_ranges(have)} ({len(have)})" if have else "-"),
         ("showing", f"checkpoint {ck['epoch']}" + (" (interrupted mid-epoch)" if ck["interrupted"] else "")),
     ]
-    key_w = max(len(k) for k, _ in rows) + 2
-    for key, value in rows:
-        line = Text(key.ljust(key_w), style="bold")
+    for key, value in wrap_pairs(rows, style.width, cut=True):
+        line = Text(key, style="bold")
         line.append(value)
-        if len(line.plain) > style.width:  # cut with …, printed without the bold key
-            line = Text(tp.clip(line.plain, style.width))
         console.print(line, soft_wrap=True)
 
     p = style.precision
@@ -233,7 +251,7 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
         f"mean|δ|, max|δ|: over every element of δ for the {_plural(n, 'probe sample')}",
     ]
     _print_lines(console, [Text(x, style="dim") for x in tp.pack(notes, style.width, sep="; ")])
-    print_curves(console, data["metrics"], style)
+    print_curves(console, data["metrics"], style, data.get("steps"))
 
 
 def _opt(value: float, precision: int, missing: str = "-") -> str:
@@ -241,23 +259,97 @@ def _opt(value: float, precision: int, missing: str = "-") -> str:
     return tp.scalar(value, precision) if math.isfinite(value) else missing
 
 
-def print_curves(console: Console, metrics: dict[str, Any], style: Style) -> None:
-    """Loss (log scale when it spans more than a factor of 30) and accuracy per epoch, train and val."""
+def _val_text(status: dict[str, Any] | None) -> str:
+    """`` · val = the test split (10,000)`` from the run's status, when it says."""
+    val = (status or {}).get("val")
+    if not isinstance(val, dict) or not val.get("samples"):
+        return ""
+    which = "the test split" if val.get("test_split") else "held out"
+    return f" · val: {which} ({val['samples']:,})"
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    """How the run stands, from ``status.json``: finished, or why it stopped."""
+    state = status.get("state")
+    if state == "finished":
+        return "finished"
+    if state == "training":
+        return "training (or killed: no end was recorded)"
+    reason = status.get("reason") or state
+    return {"early_stopped": "", "diverged": "", "interrupted": ""}.get(state, f"{state}: ") + str(reason)
+
+
+def _ended(status: dict[str, Any] | None) -> str:
+    """`` (diverged in epoch 1)``: how a run that stopped before its total ended, for the epochs line."""
+    state = (status or {}).get("state")
+    if state == "diverged":
+        epoch = status.get("epoch")
+        return f" (diverged in epoch {epoch})" if isinstance(epoch, int) else " (diverged)"
+    return {"early_stopped": " (stopped early)", "interrupted": " (interrupted)"}.get(state, "")
+
+
+def _best_text(best: dict[str, Any]) -> str:
+    """``10: val_loss 0.0721, val_acc 98.3% (lowest val_loss)``."""
+    if best["epoch"] is None:
+        return "- (no validation data)"
+    how = "lowest" if best["monitor"] == "val_loss" else "highest"
+    return (
+        f"{best['epoch']}: val_loss {tp.scalar(best['val_loss'], 4)}, val_acc {pct(best['val_acc'])} "
+        f"({how} {best['monitor']})"
+    )
+
+
+def _loss_label(v: float) -> str:
+    return format(v, ".4g")
+
+
+def print_curves(
+    console: Console, metrics: dict[str, Any], style: Style, steps: dict[str, Any] | None = None
+) -> None:
+    """Loss and accuracy per epoch (train and val), then the loss per step (raw and smoothed) and, when it
+    changes, the learning rate per step.
+
+    The loss axis fits the trained epochs (epoch 0, the initial loss, may lie above it: ``↑``) and is
+    logarithmic when they span more than a factor of 30; accuracy axes run from 0 to 100 %.
+    """
     epochs = ins.metric_column(metrics, "epoch")
-    charts = (("loss", "train_loss", "val_loss"), ("accuracy", "train_acc", "val_acc"))
-    for title, train_key, val_key in charts:
-        train, val = ins.metric_column(metrics, train_key), ins.metric_column(metrics, val_key)
-        log_y = title == "loss" and ins.log_scale(train, val)
-        series = [
-            tp.Series("train", epochs, train, "*", "cyan"),
-            tp.Series("val", epochs, val, "o", "magenta"),
-        ]
-        fmt = pct if title == "accuracy" else (lambda v: format(v, ".4g"))
+    trained = epochs >= 1
+    for title, keys in (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc"))):
+        train, val = (ins.metric_column(metrics, k) for k in keys)
+        series = [tp.Series("train", epochs, train, "*", "cyan")]
+        series.append(tp.Series("val", epochs, val, "o", "magenta"))
+        if title == "loss":
+            fit = np.concatenate([train[trained], val[trained]])
+            fit = fit if np.isfinite(fit).sum() >= 2 else np.concatenate([train, val])
+            kw: dict[str, Any] = {"y_fit": fit, "log_y": ins.log_scale(fit), "y_format": _loss_label}
+        else:
+            kw = {"y_range": (0.0, 1.0), "y_format": lambda v: f"{100 * v:.0f}%"}
         console.print()
-        chart = tp.line_chart(
-            series, width=style.width, title=title, y_format=fmt, color=style.color, log_y=log_y
-        )
+        chart = tp.line_chart(series, width=style.width, title=f"{title} per epoch", color=style.color, **kw)
         _print_lines(console, chart)
+    if steps and len(steps.get("step", [])) >= 2:
+        _step_curves(console, steps, style)
+
+
+def _step_curves(console: Console, steps: dict[str, Any], style: Style) -> None:
+    """The loss of every step (a band of the raw values under their smoothed line), and the lr."""
+    x = np.asarray(steps["step"], dtype=np.float64)
+    loss = np.asarray(steps["loss"], dtype=np.float64)
+    window = max(2.0, len(x) / 50)
+    smoothed = tp.smooth(loss, 1 - 2 / (window + 1))
+    finite = loss[np.isfinite(loss)]
+    fit = np.concatenate([smoothed[np.isfinite(smoothed)], np.percentile(finite, [2, 98])])
+    series = [tp.Series("raw", x, loss, "·", "dim", band=True)]
+    series.append(tp.Series("smoothed", x, smoothed, "*", "cyan"))
+    common = {"width": style.width, "color": style.color, "x_label": "step", "y_format": _loss_label}
+    console.print()
+    title = f"loss per step (smoothed over ~{window:.0f} steps)"
+    _print_lines(console, tp.line_chart(series, title=title, y_fit=fit, log_y=ins.log_scale(fit), **common))
+    lr = np.asarray(steps["lr"], dtype=np.float64)
+    if np.nanmax(lr) != np.nanmin(lr):
+        console.print()
+        lr_series = [tp.Series("lr", x, lr, "*", "green")]
+        _print_lines(console, tp.line_chart(lr_series, title="learning rate per step", **common))
 
 
 def print_metrics(console: Console, data: dict[str, Any], style: Style) -> None:
@@ -270,7 +362,7 @@ def print_metrics(console: Console, data: dict[str, Any], style: Style) -> None:
     _print_lines(
         console, tp.text_table(METRIC_COLUMNS, rows, style.width, right=[True] * len(METRIC_COLUMNS))
     )
-    print_curves(console, data["metrics"], style)
+    print_curves(console, data["metrics"], style, data.get("steps"))
 
 
 def _metric_cell(column: str, v: float, precision: int) -> str:
@@ -289,8 +381,10 @@ def _metric_cell(column: str, v: float, precision: int) -> str:
 
 
 def print_deltas(console: Console, data: dict[str, Any], ck: Checkpoint, style: Style) -> None:
-    """The ``deltas`` view: the probe sample, then each layer's δ drawn."""
+    """The ``deltas`` or ``activations`` view: the probe sample and its input image, then each layer's δ
+    (or output) drawn."""
     s = data["sample"]
+    activations = data["view"] == "activations"
     target = s["target"]
     target_text = str(int(target)) if np.ndim(target) == 0 else "[" + ", ".join(
         tp.scalar(float(v), style.precision) for v in np.ravel(target)
@@ -298,15 +392,84 @@ def print_deltas(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
     head = [
         f"probe sample {s['index']} of {ins.probe_count(ck)}: "
         f"training sample {s['train_index']}, target {target_text}",
-        "δ = ∂L_x/∂(layer output) for this sample's own loss (per sample, undivided);",
-        "maps: rows i and columns j counted from 1, as δ_ij in the seeds",
     ]
+    if activations:
+        head.append("a = each layer's output for this sample (after the layer: z for conv and dense,")
+        head.append("the activation for relu, sigmoid, …); maps: rows and columns counted from 1")
+    else:
+        head.append("δ = ∂L_x/∂(layer output) for this sample's own loss (per sample, undivided);")
+        head.append("maps: rows i and columns j counted from 1, as δ_ij in the seeds")
     _print_lines(console, _ck_lines(ck, style.width))
     _print_lines(console, [Text(tp.clip(h, style.width), style="dim") for h in head])
+    _section(console, f"input · {shape_text(ck.input_shape)} · target {target_text}")
+    _print_lines(console, input_lines(np.asarray(ck.probe_x[s["index"]]), style))
+    source, kind, symbol = (ck.activations, "activation", "a") if activations else (ck.deltas, "delta", "δ")
     for entry in data["layers"]:
-        arr = ck.deltas[entry["name"]][s["index"]]
-        _section(console, f"{entry['name']} ({entry['type']}) · δ · {shape_text(entry['shape'])}")
-        _print_lines(console, draw_array(arr, "delta", style, entry["channel"]))
+        arr = source[entry["name"]][s["index"]]
+        _section(console, f"{entry['name']} ({entry['type']}) · {symbol} · {shape_text(entry['shape'])}")
+        _print_lines(console, draw_array(arr, kind, style, entry["channel"]))
+
+
+def input_lines(x: np.ndarray, style: Style) -> list[Text]:
+    """The probe sample's input as a small picture: each channel (up to three) a heatmap, side by side
+    when they fit (white → dark for inputs without negative values, else blue < 0 < red); a vector as one
+    heatmap row."""
+    x = np.asarray(x, dtype=np.float64)
+    maps = x.reshape(1, 1, -1) if x.ndim == 1 else x.reshape(1, *x.shape) if x.ndim == 2 else x
+    maps = maps.reshape(-1, *maps.shape[-2:])
+    signed = bool((x[np.isfinite(x)] < 0).any())
+    scale = tp.heat_scale(x)
+    lines = tp.heat_legend(scale, style.precision, style.palette, style.width, signed=signed)
+    blocks = []
+    for c in range(min(len(maps), MAX_INPUT_CHANNELS)):
+        kw = {"scale": scale, "color": style.palette, "width": style.width, "signed": signed}
+        body = tp.heatmap(maps[c], max_rows=MAX_HEAT_ROWS, **kw)
+        blocks.append(([Text(f"channel {c}", style="bold")] if len(maps) > 1 else []) + body)
+    lines += tp.side_by_side(blocks, style.width)
+    if len(maps) > MAX_INPUT_CHANNELS:
+        lines.append(Text(f"{tp.ELLIPSIS} {len(maps) - MAX_INPUT_CHANNELS} more channels", style="dim"))
+    return lines
+
+
+def print_histograms(console: Console, data: dict[str, Any], style: Style) -> None:
+    """The ``histograms`` view: per layer and quantity, one row per checkpoint over a shared axis."""
+    shown = [c["epoch"] for c in data["checkpoints"]]
+    title = "distributions: one row per checkpoint, one shared axis per array"
+    console.print(Text(tp.clip(title, style.width), style="bold"), soft_wrap=True)
+    total = data.get("checkpoints_total", len(shown))
+    picked = f" ({len(shown)} of {total}, evenly spread; --full shows all)" if total > len(shown) else ""
+    notes = [
+        f"checkpoints {ins.epoch_ranges(shown)}{picked}",
+        "bar height: a bin's count over the row's largest (blank: none); right: mean ± standard deviation",
+    ]
+    for note in notes:
+        for line in tp.pack(note.split(" "), style.width, sep=" "):
+            console.print(Text(line, style="dim"), soft_wrap=True)
+    words = {"weights": "θ", "grads": "∂L/∂θ", "deltas": "δ"}
+    for block in data["histograms"]:
+        rows = block["rows"]
+        n = sum(r["count"] for r in rows) // max(len(rows), 1)
+        what = words[block["quantity"]]
+        _section(console, f"{block['name']} ({block['type']}) · {what} · {n:,} values each")
+        labels = [f"{r['epoch']}*" if r["interrupted"] else str(r["epoch"]) for r in rows]
+        notes = [_spread(r) for r in rows]
+        counts = [r["counts"] for r in rows]
+        _print_lines(console, tp.histogram_rows(labels, counts, block["edges"], notes, width=style.width))
+    if not data["histograms"]:
+        console.print("no arrays to show")
+
+
+def _spread(row: dict[str, Any]) -> str:
+    """``0.0123 ± 0.456`` (mean ± standard deviation), with how many values were not finite."""
+    if not math.isfinite(row["mean"]):
+        return "no finite values"
+    text = f"{tp.scalar(row['mean'], 3)} ± {tp.scalar(row['std'], 3)}"
+    return text + (f", {row['non_finite']} non-finite" if row["non_finite"] else "")
+
+
+def hist_bins(width: int) -> int:
+    """How many bins a histogram row gets: what fits beside an epoch label and a ``mean ± std`` note."""
+    return max(10, min(60, width - 30))
 
 
 def print_params(console: Console, data: dict[str, Any], ck: Checkpoint, style: Style) -> None:
@@ -372,23 +535,44 @@ def make_console() -> Console:
     return console
 
 
-_TARGET_HELP = "A run folder (its last checkpoint), its checkpoints/ folder, or one checkpoint file (.h5)."
-_CHECKPOINT_HELP = "Epoch number, 'last', or 'all' (a table of per-layer norms across every checkpoint)."
-_SHOW_HELP = "summary | deltas | grads | weights | metrics."
+_TARGET_HELP = (
+    "A run folder (its last checkpoint), its checkpoints/ folder, or one checkpoint file (.h5). Several run "
+    "folders, or a folder holding runs: the runs side by side."
+)
+_CHECKPOINT_HELP = (
+    "Epoch number, 'last', 'best' (lowest val_loss, or record.monitor), or 'all' (a table of per-layer "
+    "norms across every checkpoint; with health, each figure across them). Histograms show every "
+    "checkpoint unless one is named."
+)
+_SHOW_HELP = (
+    "summary | deltas | activations | grads | weights | metrics | histograms | health (several runs: "
+    "summary, metrics or health)."
+)
 _LAYER_HELP = "Only these layers (repeat, or comma-separate). Default: all for summary and norm tables, "
 _LAYER_HELP += "the layers with parameters otherwise."
-_SAMPLE_HELP = "Probe sample (0-based) whose deltas to show."
+_SAMPLE_HELP = "Probe sample (0-based) whose deltas or activations to show."
 _CHANNEL_HELP = "Only this channel of δ maps, or this filter of conv kernels and untied biases (0-based)."
-_FULL_HELP = "Print every value of every array as numbers: no heatmaps, nothing cut."
+_FULL_HELP = (
+    "Print every value of every array as numbers: no heatmaps, nothing cut (histograms: every checkpoint)."
+)
 _PRECISION_HELP = "Decimals of array values; significant digits in tables and norms."
+_THRESHOLD_HELP = (
+    "health: change a threshold, e.g. dead=0.3 or update_low=1e-6 (repeat, or comma-separate); the "
+    "view lists them all."
+)
 _JSON_HELP = "Print the numbers as one JSON document on stdout (arrays as nested lists)."
 
 
 def inspect(
-    target: Annotated[Path, typer.Argument(help=_TARGET_HELP, show_default=False)],
+    targets: Annotated[
+        list[Path], typer.Argument(metavar="TARGET", help=_TARGET_HELP, show_default=False)
+    ],
     checkpoint: Annotated[
-        str, typer.Option("--checkpoint", "-c", metavar="N|last|all", help=_CHECKPOINT_HELP)
-    ] = "last",
+        str | None,
+        typer.Option(
+            "--checkpoint", "-c", metavar="N|last|best|all", help=_CHECKPOINT_HELP, show_default=False
+        ),
+    ] = None,
     show: Annotated[View, typer.Option("--show", "-s", metavar="VIEW", help=_SHOW_HELP)] = View.summary,
     layer: Annotated[
         list[str] | None, typer.Option("--layer", "-l", metavar="NAME", help=_LAYER_HELP, show_default=False)
@@ -401,33 +585,121 @@ def inspect(
     precision: Annotated[
         int, typer.Option("--precision", "-p", metavar="P", min=0, max=15, help=_PRECISION_HELP)
     ] = 4,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", metavar="KEY=VALUE", help=_THRESHOLD_HELP, show_default=False),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
     plugins: options.Plugins = None,
 ) -> None:
-    """Look inside a run: layer summary, deltas, gradients, weights and metrics of its checkpoints."""
+    """Look inside a run: its layers, deltas, activations, gradients, weights, histograms, health, metrics."""
     load_option(plugins)
     console = make_console()
-    style = Style(precision, full, console.color_system is not None, max(console.width, 40))
+    color = console.color_system is not None
+    style = Style(precision, full, color, max(console.width, 40), console.color_system)
     which = show.value
-    text = checkpoint.strip().lower()
-
-    if text == "all":
-        if which not in ins.NORM_VIEWS:
-            raise UserError(f"--checkpoint all: works with --show deltas, grads or weights, not {which}")
-        data = ins.norms_data(ins.load_all(target), layer, which)
+    thresholds = parse_thresholds(threshold)
+    runs = _several_runs(targets, which)
+    if runs is not None:
+        _inspect_runs(console, runs, which, thresholds, style, json_out)
+        return
+    target = targets[0]
+    if is_sweep_folder(target):  # a folder of `cnnbp sweep`: its trials ranked, the best ones' curves
+        summary = sweep_summary(target)
+        if json_out:
+            sys.stdout.write(summary_json(summary) + "\n")
+        else:
+            print_sweep(console, summary, style.color)
+        return
+    text = (checkpoint or "last").strip().lower()
+    if which == "histograms":
+        _inspect_histograms(console, target, checkpoint, layer, style, json_out)
+    elif which == "health":
+        data = ins.health_data(target, text, thresholds)
         if json_out:
             _dump(data)
+        elif text == "all":
+            print_health_all(console, data, style.width)
         else:
-            print_norms(console, data, style)
-        return
+            ck_head = _ck_lines(ins.load_checkpoint(Path(data["checkpoint"]["path"])), style.width)
+            print_health(console, data, ck_head, style.width, style.precision)
+    elif text == "all":
+        if which not in ins.NORM_VIEWS:
+            views = "deltas, grads, weights, histograms or health"
+            raise UserError(f"--checkpoint all: works with --show {views}, not {which}")
+        data = ins.norms_data(ins.load_all(target), layer, which)
+        _dump(data) if json_out else print_norms(console, data, style)
+    else:
+        _inspect_one(console, target, text, which, layer, sample, channel, style, json_out)
 
+
+def _several_runs(targets: Sequence[Path], which: str) -> list[Path] | None:
+    """The run folders to compare: several targets, or one folder holding runs (a sweep folder only with
+    ``--show metrics`` or ``health``: its own view is the summary); None for one run."""
+    if len(targets) == 1:
+        target = targets[0]
+        if is_sweep_folder(target) and which in ("metrics", "health"):
+            return ins.runs_in(target)
+        return ins.runs_in(target) if ins.is_runs_folder(target) and not is_sweep_folder(target) else None
+    for t in targets:
+        if not ins.is_run_folder(t):
+            what = "no such folder" if not Path(t).exists() else "not a run folder (no config.yaml)"
+            raise UserError(f"{t}: {what}; several targets are compared as runs")
+    return list(targets)
+
+
+def _inspect_runs(console: Console, runs: list[Path], which: str, thresholds: Any, style: Style,
+                  json_out: bool) -> None:  # fmt: skip
+    """Several runs side by side: ``summary`` and ``metrics`` (table, config differences, curves) or
+    ``health`` (each run's last checkpoint)."""
+    if which not in COMPARE_VIEWS:
+        raise UserError(
+            f"--show {which}: looks at one run; several runs show {', '.join(COMPARE_VIEWS)} (inspect one "
+            "run folder for its arrays)"
+        )
+    if which == "health":
+        healths = [ins.health_data(r, "last", thresholds) for r in runs]
+        labels = ins.run_labels(runs)
+        if json_out:
+            pairs = zip(labels, runs, healths, strict=True)
+            docs = [{"label": lab, "folder": str(r), **h} for lab, r, h in pairs]
+            _dump({"view": "compare_health", "runs": docs})
+        else:
+            print_compare_health(console, labels, healths, style.width)
+        return
+    data = ins.compare_data(runs, _warn)
+    if json_out:
+        sys.stdout.write(json.dumps(ins.compare_json(data)) + "\n")
+        sys.stdout.flush()
+    else:
+        print_compare(console, data, style.width, style.color, which)
+
+
+def _inspect_histograms(console: Console, target: Path, checkpoint: str | None, layer: list[str] | None,
+                        style: Style, json_out: bool) -> None:  # fmt: skip
+    """Every checkpoint (evenly spread, at most MAX_HIST_ROWS without --full) or the one named."""
+    text = (checkpoint or "all").strip().lower()
+    if text == "all":
+        every = ins.load_all(target)
+        cks = every if style.full or json_out else ins.pick_evenly(every, MAX_HIST_ROWS)
+    else:
+        every = cks = [ins.load_checkpoint(target, text)]
+    data = ins.histograms_data(cks, layer, hist_bins(style.width))
+    data["checkpoints_total"] = len(every)
+    _dump(data) if json_out else print_histograms(console, data, style)
+
+
+def _inspect_one(console: Console, target: Path, text: str, which: str, layer: list[str] | None,
+                 sample: int, channel: int | None, style: Style, json_out: bool) -> None:  # fmt: skip
+    """One checkpoint's summary, metrics, deltas, activations, grads or weights."""
     ck = ins.load_checkpoint(target, text)
     if which == "metrics":
         data = ins.metrics_data(target, ck, _warn)
     elif which == "summary":
         data = ins.summary_data(target, ck, ins.select_layers(ck, layer, params_only=False), _warn)
-    elif which == "deltas":
-        data = ins.deltas_data(ck, ins.select_layers(ck, layer, params_only=not layer), sample, channel)
+    elif which in ("deltas", "activations"):
+        get = ins.deltas_data if which == "deltas" else ins.activations_data
+        data = get(ck, ins.select_layers(ck, layer, params_only=not layer), sample, channel)
     else:
         data = ins.params_data(ck, ins.select_layers(ck, layer, params_only=True), which, channel)
     if json_out:
@@ -436,7 +708,7 @@ def inspect(
         print_metrics(console, data, style)
     elif which == "summary":
         print_summary(console, data, style)
-    elif which == "deltas":
+    elif which in ("deltas", "activations"):
         print_deltas(console, data, ck, style)
     else:
         print_params(console, data, ck, style)

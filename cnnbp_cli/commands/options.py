@@ -12,18 +12,31 @@ Checkpoint = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        metavar="N",
-        help="Epoch of the run's checkpoint, or 'last'.",
+        metavar="N|last|best",
+        help="Epoch of the run's checkpoint, 'last' or 'best' (lowest val_loss, or record.monitor).",
         show_default=False,
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
+def check_sets(values: list[str] | None) -> list[str] | None:
+    """Each ``--set`` value must be one word KEY=VALUE: ``--set train.lr 0.1`` is a mistake said as such
+    (not a config file named 0.1)."""
+    for value in values or []:
+        if "=" not in value:
+            raise typer.BadParameter(
+                f"takes KEY=VALUE as one word, got {value!r} (write --set {value.strip()}=VALUE, no spaces "
+                "around '=')"
+            )
+    return values
+
+
 def sets_option(help_text: str) -> object:
     """The ``--set KEY=VALUE`` option with a command's own help text."""
     return Annotated[
-        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=help_text, show_default=False)
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help=help_text, show_default=False, callback=check_sets),
     ]
 
 

@@ -1,11 +1,13 @@
 """``cnnbp train``: parse the options, prepare a run with the library runner, render its progress.
 
 Everything else — validation, data, the loop, checkpoints, signals, resume — is
-:mod:`cnnbp.runner`.  Exit codes: 0 done, 1 diverged, 2 bad input, 130/143 stopped by SIGINT/SIGTERM.
+:mod:`cnnbp.runner`.  Exit codes: 0 done, 1 diverged, 2 bad input (or a failed write, too little
+memory), 70 a bug in cnnbp, 130/143 stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -13,17 +15,29 @@ import typer
 
 from cnnbp.commands import options
 from cnnbp.core.trainer import Diverged
-from cnnbp.errors import UserError
+from cnnbp.errors import InternalError, UserError
 from cnnbp.plugins import load_option
-from cnnbp.render.console import model_table, print_error, print_summary, stderr_console, stdout_console
-from cnnbp.render.progress import EpochLines, JsonLines, LiveProgress
-from cnnbp.runner import Callback, Interrupted, Session
+from cnnbp.render.console import (
+    data_lines,
+    header_lines,
+    model_table,
+    print_error,
+    print_summary,
+    stderr_console,
+    stdout_console,
+    summary_lines,
+)
+from cnnbp.render.progress import EpochLines, JsonLines, LiveProgress, TrainLog, start_lines
+from cnnbp.runner import Callback, Interrupted, Session, StartInfo
 from cnnbp.runs import CONFIG, find_checkpoints, resume_command
 
 EXIT_DIVERGED = 1
 
 _CONFIG_HELP = "Run config (YAML). Default: the built-in digits config."
-_SET_HELP = "Override a config value, VALUE read as YAML, e.g. train.lr=0.05 (repeatable)."
+_SET_HELP = (
+    "Override a config value, VALUE read as YAML, e.g. train.lr=0.05 (repeatable); a mapping merges "
+    "into the one at KEY."
+)
 _RESUME_HELP = "Continue the run in this folder from its last checkpoint (--epochs sets a new total)."
 _FORCE_HELP = "With --resume: continue even though config.yaml or the data changed since the checkpoint."
 
@@ -38,9 +52,7 @@ def train(
         str | None, typer.Option("--name", help="Run name: the folder under --out.", show_default=False)
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder that holds the run folders.")] = Path("runs"),
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=_SET_HELP, show_default=False)
-    ] = None,
+    sets: options.sets_option(_SET_HELP) = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate, print the model and exit; write nothing.")
     ] = False,
@@ -78,57 +90,66 @@ def _say(text: str) -> None:
 
 
 def _run(session: Session, out: Path, *, dry_run: bool, json_lines: bool, quiet: bool) -> None:
-    cfg, data = session.cfg, session.data
     if session.complete:
         if not quiet:
-            _say(f"{session.run_dir} is complete at epoch {session.start.epoch} of {cfg.train.epochs}; "
-                 "nothing to do (pass --epochs to train further)")  # fmt: skip
+            hint = (
+                f" (to go on, change train.early_stopping in its {CONFIG} and resume with --force)"
+                if "early" in session.complete_reason
+                else " (pass --epochs to train further)"
+            )
+            text = f"{session.run_dir}: {session.complete_reason}; nothing to do{hint}"
+            for line in textwrap.wrap(text, 80, break_long_words=False, break_on_hyphens=False):
+                _say(line)
         return
     if not (json_lines or quiet):
         out_con = stdout_console()
-        out_con.print(model_table(session.infos, cfg.model.input_shape, title=f"model · {cfg.name}"))
-        split = "test" if data.val_is_test else "val"
-        out_con.print(
-            f"data: {data.description} · {data.x_train.shape[0]:,} train, {data.x_val.shape[0]:,} {split}",
-            markup=False, soft_wrap=True, highlight=False,
-        )  # fmt: skip
+        width = out_con.width if out_con.is_terminal else 80
+        out_con.print(f"model · {session.cfg.name}", markup=False, highlight=False)
+        out_con.print(model_table(session.infos, session.cfg.model.input_shape))
+        for line in data_lines(session.cfg, session.data, width):
+            out_con.print(line, markup=False, soft_wrap=True, highlight=False)
     if dry_run:
         if not quiet:
             _say("dry run: config, model and data are valid; nothing was written")
         return
+    log = TrainLog(header_lines(session))
     try:
-        summary = session.run(out, _callbacks(session, json_lines, quiet))
+        _train(session, out, log, json_lines=json_lines, quiet=quiet)
+    finally:
+        log.close()
+
+
+def _train(session: Session, out: Path, log: TrainLog, *, json_lines: bool, quiet: bool) -> None:
+    """Train with the progress callbacks and ``train.log``; render the end of the run, or its stop."""
+    try:
+        summary = session.run(out, [*_callbacks(session, json_lines, quiet), log])
     except Interrupted as e:
-        _say(str(e))
-        _say(f"resume with: {resume_command(e.run_dir)}")
+        lines = [str(e)] + ([f"resume with: {resume_command(e.run_dir)}"] if e.run_dir is not None else [])
+        for line in lines:
+            _say(line)
+        log.write(lines)
         raise typer.Exit(e.exit_code) from None
     except Diverged as e:
         found = find_checkpoints(session.run_dir)
         last = f"; the last good checkpoint is {found[-1][1]}" if found else ""
         print_error(f"{e}{last}")
+        log.write([f"error: {e}{last}"])
         raise typer.Exit(EXIT_DIVERGED) from None
+    except (UserError, InternalError) as e:  # a failed write, too little memory, a bug: said by the app
+        log.write([f"error: {e}"])
+        raise
     # the summary is data, except in --json mode where stdout carries only the JSON lines
-    print_summary(stderr_console() if json_lines else stdout_console(), summary)
+    console = stderr_console() if json_lines else stdout_console()
+    print_summary(console, summary)
+    log.write(line.plain for line in summary_lines(summary))
 
 
 class _RunFolder(Callback):
     """Says where the run goes (and where a resumed one continues) once the folder exists."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def on_start(self, info) -> None:  # type: ignore[override]
-        _say(f"run folder: {info.run_dir}")
-        start = info.start
-        if start is not None and start.checkpoint is None:
-            _say("no checkpoint yet: the run starts over")
-        elif start is not None:
-            where = (
-                f"epoch {start.epoch}, batch {start.progress.batches_done} of {info.batches}"
-                if start.progress is not None
-                else f"the end of epoch {start.epoch}"
-            )
-            _say(f"resuming from {start.checkpoint} ({where}, step {start.step})")
+    def on_start(self, info: StartInfo) -> None:
+        for line in start_lines(info):
+            _say(line)
 
 
 def _callbacks(session: Session, json_lines: bool, quiet: bool) -> list[Callback]:
@@ -136,7 +157,7 @@ def _callbacks(session: Session, json_lines: bool, quiet: bool) -> list[Callback
     callbacks: list[Callback] = []
     if not quiet:
         if not json_lines:
-            callbacks.append(_RunFolder(session))
+            callbacks.append(_RunFolder())
         if err.is_terminal:
             callbacks.append(LiveProgress(err, epoch_lines=not json_lines))
         elif not json_lines:

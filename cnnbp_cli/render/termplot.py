@@ -217,6 +217,49 @@ def text_table(
 
 
 # ---- heatmaps ---------------------------------------------------------------------------------------------
+#
+# Palettes per colour system, each monotone in |value| and centred at 0 (SIGNED: blue < 0 < red; UNSIGNED:
+# white → dark for values ≥ 0, as an input image).  A terminal's colour system is what rich detects
+# (``Console.color_system``): ``truecolor`` gets RGB interpolated between the ends; ``256`` gets explicit
+# xterm-256 indices (rich would otherwise round each RGB to the nearest of its 256 colours, and near-white
+# RGB values land on greys, cyans and lavenders at random: a speckled map); ``standard`` (16 colours) gets
+# the shade characters in blue or red; none gets the plain sign + shade characters.
+
+PALETTE_LEVELS = 5  # colour steps on each side of 0 (256 colours)
+#: xterm-256 indices from 0 outwards: the centre (white), then lighter to darker blue / red; every RGB
+#: channel moves monotonically along each side (see tests/cli/render/test_termplot.py)
+XTERM_CENTRE = 231  # (255, 255, 255)
+XTERM_BLUES = (189, 153, 110, 68, 25)  # (215,215,255) (175,215,255) (135,175,215) (95,135,215) (0,95,175)
+XTERM_REDS = (224, 217, 210, 167, 124)  # (255,215,215) (255,175,175) (255,135,135) (215,95,95) (175,0,0)
+#: white to dark grey for unsigned maps: 231 (255) then the grey ramp 255 (238) … 237 (58)
+XTERM_GREYS = (231, 255, 253, 251, 249, 247, 245, 243, 241, 239, 237)
+_GREY_DARK = (40, 40, 40)
+
+
+def color_mode(color: bool | str | None) -> str | None:
+    """The palette family for a colour setting: ``truecolor``, ``256``, ``standard`` or None (plain).
+
+    ``True`` is truecolor and ``False`` plain (the old boolean setting); a rich colour system name is
+    taken as it is (``windows``, 16 colours, as ``standard``).
+    """
+    if color is True:
+        return "truecolor"
+    if not color:
+        return None
+    name = str(color).lower()
+    if name in ("truecolor", "256"):
+        return name
+    return "standard"
+
+
+def xterm_rgb(index: int) -> tuple[int, int, int]:
+    """The RGB of an xterm-256 colour index from 16 up (the 6×6×6 cube, then the grey ramp)."""
+    if index >= 232:
+        v = 8 + 10 * (index - 232)
+        return (v, v, v)
+    i = index - 16
+    levels = (0, 95, 135, 175, 215, 255)
+    return (levels[i // 36], levels[(i // 6) % 6], levels[i % 6])
 
 
 def heat_rgb(t: float) -> tuple[int, int, int]:
@@ -227,14 +270,49 @@ def heat_rgb(t: float) -> tuple[int, int, int]:
     return tuple(round(w + (e - w) * a) for w, e in zip(_WHITE, end, strict=True))  # type: ignore[return-value]
 
 
-def shade(value: float, scale: float) -> str:
-    """Two plain characters for one heatmap cell: the sign and a shade of ``|value| / scale``."""
+def grey_rgb(t: float) -> tuple[int, int, int]:
+    """The sequential palette at ``t`` in [0, 1]: white at 0, dark grey at 1."""
+    t = max(0.0, min(1.0, t))
+    return tuple(round(255 + (d - 255) * t) for d in _GREY_DARK)  # type: ignore[return-value]
+
+
+def xterm_index(t: float, signed: bool = True) -> int:
+    """The xterm-256 index of ``t`` (in [-1, 1] signed, [0, 1] unsigned): one of 11 steps, 0 in the centre."""
+    if not signed:
+        return XTERM_GREYS[round(max(0.0, min(1.0, t)) * (len(XTERM_GREYS) - 1))]
+    k = round(max(-1.0, min(1.0, t)) * PALETTE_LEVELS)
+    if k == 0:
+        return XTERM_CENTRE
+    return (XTERM_BLUES if k < 0 else XTERM_REDS)[abs(k) - 1]
+
+
+def shade(value: float, scale: float, signed: bool = True) -> str:
+    """Two plain characters for one heatmap cell: the sign and a shade of ``|value| / scale`` (unsigned:
+    the shade twice)."""
     if not math.isfinite(value):
         return " ?"
     if value == 0 or scale <= 0:
         return "  "
     level = min(4, max(1, math.ceil(abs(value) / scale * 4)))
+    if not signed:
+        return SHADES[level] * 2
     return ("-" if value < 0 else "+") + SHADES[level]
+
+
+def heat_cell(value: float, scale: float, mode: str | None, signed: bool = True) -> tuple[str, str]:
+    """One heatmap cell as (two characters, rich style) in the palette of colour system ``mode``."""
+    if not math.isfinite(value):
+        return " ?", "bold" if mode else ""
+    if mode is None:
+        return shade(value, scale, signed), ""
+    t = value / scale if scale > 0 else 0.0
+    if mode == "standard":
+        text = shade(value, scale, signed)
+        return text, ("" if not signed or value == 0 else "blue" if value < 0 else "red")
+    if mode == "256":
+        return "  ", f"on color({xterm_index(t, signed)})"
+    r, g, b = heat_rgb(t) if signed else grey_rgb(t)
+    return "  ", f"on rgb({r},{g},{b})"
 
 
 def heat_scale(values: np.ndarray) -> float:
@@ -245,14 +323,22 @@ def heat_scale(values: np.ndarray) -> float:
 
 
 def heatmap(
-    values: np.ndarray, *, scale: float, color: bool, width: int, max_rows: int | None = None
+    values: np.ndarray,
+    *,
+    scale: float,
+    color: bool | str | None,
+    width: int,
+    max_rows: int | None = None,
+    signed: bool = True,
 ) -> list[Text]:
     """A 2-D array as a heatmap, two cells per value, rows and columns labelled from 1.
 
-    ``scale`` is the |value| drawn at full strength (share it between maps to compare them).  Colour:
-    a diverging background, blue < 0 < red.  Without colour: a sign and a shade from ``░▒▓█``.
+    ``scale`` is the |value| drawn at full strength (share it between maps to compare them).  ``color``
+    is the terminal's colour system (see :func:`color_mode`): a diverging palette, blue < 0 < red (a
+    sequential white → dark one when not ``signed``); without colour, a sign and a shade from ``░▒▓█``.
     Columns beyond ``width`` and rows beyond ``max_rows`` are cut, with a line saying how many.
     """
+    mode = color_mode(color)
     m = np.atleast_2d(np.asarray(values, dtype=np.float64))
     h, w = m.shape
     label_w = len(str(h))
@@ -264,15 +350,8 @@ def heatmap(
         line = Text()
         line.append(str(i + 1).rjust(label_w) + " ", style="dim")
         for j in range(cols):
-            v = float(m[i, j])
-            if color:
-                if math.isfinite(v):
-                    r, g, b = heat_rgb(v / scale if scale > 0 else 0.0)
-                    line.append("  ", style=f"on rgb({r},{g},{b})")
-                else:
-                    line.append(" ?", style="bold")
-            else:
-                line.append(shade(v, scale))
+            text, style = heat_cell(float(m[i, j]), scale, mode, signed)
+            line.append(text, style=style)
         lines.append(line)
     cut = []
     if cols < w:
@@ -298,22 +377,31 @@ def _column_ticks(cols: int) -> str:
     return "".join(out).rstrip()
 
 
-def heat_legend(scale: float, precision: int, color: bool, width: int) -> list[Text]:
+def heat_legend(
+    scale: float, precision: int, color: bool | str | None, width: int, signed: bool = True
+) -> list[Text]:
     """One line explaining a heatmap's colours or shades and its scale."""
+    mode = color_mode(color)
     top = scalar(scale, precision)
     if scale <= 0:
         return [Text("scale: every value is 0 (blank map)")]
-    if color:
+    if mode in ("truecolor", "256"):
         line = Text("scale ")
-        line.append(f"-{top} ")
-        for k in range(-5, 6):
-            r, g, b = heat_rgb(k / 5)
-            line.append("  ", style=f"on rgb({r},{g},{b})")
-        line.append(f" +{top}")
+        line.append(f"-{top} " if signed else "0 ")
+        for k in range(-5 if signed else 0, 6):
+            _, style = heat_cell(k / 5 * scale, scale, mode, signed)
+            line.append("  ", style=style)
+        line.append(f" +{top}" if signed else f" {top}")
         if len(line.plain) > width:
-            line = Text(clip(f"scale: blue -{top} … 0 … red +{top}", width))
+            text = f"scale: blue -{top} … 0 … red +{top}" if signed else f"scale: white 0 … dark {top}"
+            line = Text(clip(text, width))
         return [line]
-    text = f"scale: sign, then shade of |value|/{top}: ░ ≤¼ ▒ ≤½ ▓ ≤¾ █ ≤1, blank = 0"
+    if not signed:
+        return [Text(clip(f"scale: shade of value/{top}: ░ ≤¼ ▒ ≤½ ▓ ≤¾ █ ≤1, blank = 0", width))]
+    if mode == "standard":
+        text = f"scale: sign (- blue, + red) and shade of |value|/{top}: ░ ≤¼ ▒ ≤½ ▓ ≤¾ █ ≤1"
+    else:
+        text = f"scale: sign, then shade of |value|/{top}: ░ ≤¼ ▒ ≤½ ▓ ≤¾ █ ≤1, blank = 0"
     return [Text(clip(text, width))]
 
 
@@ -370,16 +458,22 @@ def _join(row: Sequence[Sequence[Text]], gap: int) -> list[Text]:
 
 @dataclass(frozen=True)
 class Series:
-    """One curve: points ``(x, y)`` (non-finite y skipped), drawn with ``marker`` in ``style``."""
+    """One curve: points ``(x, y)`` (non-finite y skipped), drawn with ``marker`` in ``style``.
+
+    ``band``: raw points drawn as a band (each column from the smallest to the largest value that falls
+    in it) under the lines, which are drawn over it.
+    """
 
     label: str
     x: Sequence[float]
     y: Sequence[float]
     marker: str
     style: str = ""
+    band: bool = False
 
 
 OVERLAP = "#"  # a chart cell where two curves meet
+ABOVE, BELOW = "↑", "↓"  # a point beyond the axis (``y_fit`` or ``y_range`` leaves it out)
 
 
 def line_chart(
@@ -393,12 +487,17 @@ def line_chart(
     color: bool = True,
     log_y: bool = False,
     max_plot_width: int = 64,
+    y_range: tuple[float, float] | None = None,
+    y_fit: Sequence[float] | None = None,
 ) -> list[Text]:
     """A character chart of one or more curves over a shared x axis (points joined by interpolation).
 
-    The title line carries a legend (marker and label per series, and ``#`` where curves share a
-    cell); the y axis is labelled at its top, middle and bottom; the x axis gets a few round ticks.
-    With ``log_y`` the y axis is logarithmic (non-positive values are skipped).
+    The title line carries a legend (marker and label per series, ``#`` where curves share a cell); the y
+    axis is labelled with round numbers (1, 2, 5 × 10^k; on a log axis, ``log_y``, powers of ten or
+    1-2-5 steps) at rows of their own, its ends rounded out to ticks; the x axis gets a few round ticks.
+    The axis covers the data, or ``y_fit`` (the values it must show, so that one outlier — the initial
+    loss — does not flatten the rest), or exactly ``y_range``; a point beyond it is drawn at the edge as
+    ``↑`` or ``↓``.  Non-positive values are skipped on a log axis.
     """
     pts = []
     for s in series:
@@ -410,10 +509,51 @@ def line_chart(
     if not any(x.size for _, x, _ in pts):
         head.append("  (no data)", style="dim")
         return [head]
-    chart = _Chart(pts, width, height, y_format, log_y, max_plot_width)
-    for k, (s, x, y) in enumerate(pts):
-        chart.plot(k, s, x, y)
+    fit = None
+    if y_fit is not None:
+        f = np.asarray(y_fit, dtype=np.float64)
+        f = f[np.isfinite(f) & ((f > 0) if log_y else True)]
+        fit = np.log10(f) if log_y else f
+    chart = _Chart(pts, width, height, y_format, log_y, max_plot_width, y_range, fit)
+    for k in sorted(range(len(pts)), key=lambda k: not pts[k][0].band):  # bands first, lines over them
+        chart.plot(k, *pts[k])
     return [chart.title_line(head, color), *chart.body(color), *chart.x_axis(x_label)]
+
+
+def nice_ticks(lo: float, hi: float, most: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 × 10^k apart) from at or below ``lo`` to at or above ``hi``, at most
+    ``most`` of them (at least two)."""
+    if not hi > lo:
+        pad = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    span = hi - lo
+    for k in range(math.floor(math.log10(span / most)) - 1, math.floor(math.log10(span)) + 2):
+        for m in (1, 2, 5):
+            step = m * 10.0**k
+            first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+            if last - first + 1 <= most:
+                return [_round(i * step, step) for i in range(first, last + 1)]
+    return [lo, hi]  # pragma: no cover - the loop always finds a step
+
+
+def _round(value: float, step: float) -> float:
+    """A tick value without floating-point noise (0.30000000000000004 → 0.3)."""
+    digits = max(0, -math.floor(math.log10(step))) + 1
+    return round(value, digits) + 0.0
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis between 10^lo and 10^hi (given as exponents), returned as exponents: from the
+    1-2-5 value at or below the data to the one at or above it, with the 1-2-5 values between when they
+    are at most five, else the powers of ten between."""
+    k0, k1 = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+    marks = [math.log10(m) + k for k in range(k0 - 1, k1 + 1) for m in (1, 2, 5)]
+    below = max([v for v in marks if v <= lo + 1e-9], default=float(k0))
+    above = min([v for v in marks if v >= hi - 1e-9], default=float(k1))
+    ticks = [v for v in marks if below - 1e-9 <= v <= above + 1e-9]
+    if len(ticks) > 5:
+        ticks = [v for i, v in enumerate(ticks) if i in (0, len(ticks) - 1) or abs(v - round(v)) < 1e-9]
+    return ticks
 
 
 class _Chart:
@@ -427,25 +567,36 @@ class _Chart:
         y_format: Callable[[float], str],
         log_y: bool,
         max_plot_width: int,
+        y_range: tuple[float, float] | None = None,
+        y_fit: np.ndarray | None = None,
     ) -> None:
         self.pts, self.width, self.height = pts, width, height
         xs = np.concatenate([x for _, x, _ in pts if x.size])
         ys = np.concatenate([y for _, _, y in pts if y.size])
         self.x0, self.x1 = float(xs.min()), float(xs.max())
-        y0, y1 = float(ys.min()), float(ys.max())
-        if y1 == y0:
-            pad = (abs(y0) * 0.05 or 0.5) if not log_y else 0.5
-            y0, y1 = y0 - pad, y1 + pad
-        self.y0, self.y1 = y0, y1
+        if y_range is not None:
+            lo, hi = (math.log10(v) for v in y_range) if log_y else y_range
+            ticks = nice_ticks(lo, hi) if not log_y else log_ticks(lo, hi)
+            ticks = [t for t in ticks if lo - 1e-12 <= t <= hi + 1e-12] or [lo, hi]
+            self.y0, self.y1 = lo, hi
+        else:
+            data = y_fit if y_fit is not None and y_fit.size else ys
+            lo, hi = float(data.min()), float(data.max())
+            ticks = log_ticks(lo, hi) if log_y else nice_ticks(lo, hi)
+            self.y0, self.y1 = ticks[0], ticks[-1]
+        if self.y1 == self.y0:
+            self.y0, self.y1 = self.y0 - 0.5, self.y1 + 0.5
 
         def shown(v: float) -> str:
             return y_format(10.0**v if log_y else v)
 
-        self.labels = [shown(y1), shown((y0 + y1) / 2), shown(y0)]
-        self.label_w = max(len(s) for s in self.labels)
+        self.labels: dict[int, str] = {}
+        for t in ticks:
+            self.labels.setdefault(self.row_of(t), shown(t))
+        self.label_w = max(len(s) for s in self.labels.values())
         self.cols = max(2, min(max_plot_width, width - self.label_w - 2))
         self.grid: list[list[tuple[str, str, int]]] = [[(" ", "", -1)] * self.cols for _ in range(height)]
-        self.overlap = False
+        self.overlap = self.beyond = False
 
     def col_of(self, x: float) -> int:
         return 0 if self.x1 == self.x0 else round((x - self.x0) / (self.x1 - self.x0) * (self.cols - 1))
@@ -453,27 +604,44 @@ class _Chart:
     def row_of(self, y: float) -> int:
         return round((self.y1 - y) / (self.y1 - self.y0) * (self.height - 1))
 
-    def put(self, r: int, c: int, k: int, s: Series) -> None:
+    def put(self, y: float, c: int, k: int, s: Series) -> None:
+        """Mark curve ``k`` at value ``y`` in column ``c`` (an arrow at the edge when ``y`` is beyond it)."""
+        r, marker = self.row_of(y), s.marker
+        tiny = 1e-9 * (self.y1 - self.y0)
+        if y > self.y1 + tiny or y < self.y0 - tiny:  # beyond the end ticks, even by less than a row
+            r, marker, self.beyond = (0, ABOVE, True) if y > self.y1 else (self.height - 1, BELOW, True)
         owner = self.grid[r][c][2]
-        if owner not in (-1, k):
+        if owner in (-1, k) or self.pts[owner][0].band:  # a line covers a band
+            if self.grid[r][c][0] != OVERLAP:
+                self.grid[r][c] = (marker, s.style, k)
+        elif not s.band:
             self.grid[r][c] = (OVERLAP, "bold", k)
             self.overlap = True
-        elif self.grid[r][c][0] != OVERLAP:
-            self.grid[r][c] = (s.marker, s.style, k)
 
     def plot(self, k: int, s: Series, x: np.ndarray, y: np.ndarray) -> None:
-        """Curve ``k``: one cell per column between its first and last point, interpolated."""
+        """Curve ``k``: one cell per column between its first and last point, interpolated; a band: every
+        row between the smallest and the largest value of the points in each column."""
         if not x.size:
             return
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
+        if s.band:
+            cols = np.array([self.col_of(float(v)) for v in x])
+            for c in np.unique(cols):
+                vals = y[cols == c]
+                lo, hi = self.row_of(float(vals.max())), self.row_of(float(vals.min()))
+                for r in range(max(lo, 0), min(hi, self.height - 1) + 1):
+                    value = self.y1 - r * (self.y1 - self.y0) / (self.height - 1)
+                    self.put(value, int(c), k, s)
+            return
         x0, x1, cols = self.x0, self.x1, self.cols
         for c in range(self.col_of(float(x[0])), self.col_of(float(x[-1])) + 1):
             xc = x0 + (x1 - x0) * c / (cols - 1) if x1 != x0 else x0
-            self.put(self.row_of(float(np.interp(xc, x, y))), c, k, s)
+            self.put(float(np.interp(xc, x, y)), c, k, s)
 
     def title_line(self, head: Text, color: bool) -> Text:
-        """The title with the legend: each series' marker and label, and ``#`` where curves meet."""
+        """The title with the legend: each series' marker and label, ``#`` where curves meet, the arrows
+        of points beyond the axis."""
         head.append("  ")
         for s, x, _ in self.pts:
             if x.size:
@@ -481,14 +649,15 @@ class _Chart:
                 head.append(s.label)
         if self.overlap:
             head.append(f"  {OVERLAP} both")
+        if self.beyond:
+            head.append(f"  {ABOVE}{BELOW} off the axis")
         return Text(clip(head.plain, self.width)) if len(head.plain) > self.width else head
 
     def body(self, color: bool) -> list[Text]:
-        """The plot rows, the y axis labelled at its top, middle and bottom."""
+        """The plot rows, the y axis labelled at the rows of its ticks."""
         lines = []
-        mid, labels = (self.height - 1) // 2, self.labels
         for r in range(self.height):
-            label = {mid: labels[1], self.height - 1: labels[2], 0: labels[0]}.get(r, "")  # top wins
+            label = self.labels.get(r, "")
             line = Text()
             line.append(label.rjust(self.label_w) + " " + ("┤" if label else "│"), style="dim")
             for ch, style, _ in self.grid[r]:
@@ -532,4 +701,74 @@ def _x_ticks(x0: float, x1: float, most: int = 6) -> list[float]:
         break
     first = math.ceil(x0 / step) * step
     ticks = list(np.arange(first, x1 + step / 2, step))
-    return [float(t) for t in ticks]
+    return [float(t) for t in ticks if t <= x1 + step * 1e-9]
+
+
+def smooth(values: Sequence[float], weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average s_t = w·s_(t−1) + (1 − w)·v_t, debiased
+    by 1 − w^t so the first points are not pulled towards 0; non-finite values are skipped."""
+    out = np.full(len(values), np.nan)
+    acc, n = 0.0, 0
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            continue
+        n += 1
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight**n) if weight < 1 else v
+    return out
+
+
+# ---- distributions ----------------------------------------------------------------------------------------
+
+BARS = " ▁▂▃▄▅▆▇█"  # a bin's count over the row's largest: blank for none, then eighths
+
+
+def bar_row(counts: Sequence[float]) -> str:
+    """One histogram as a row of bar characters, each bin's height its count over the row's largest
+    (a bin with any value gets at least ``▁``, an empty one stays blank)."""
+    c = np.asarray(counts, dtype=np.float64)
+    top = float(c.max()) if c.size else 0.0
+    if top <= 0:
+        return " " * len(c)
+    levels = np.where(c > 0, np.maximum(1, np.ceil(c / top * 8)), 0).astype(int)
+    return "".join(BARS[k] for k in levels)
+
+
+def histogram_rows(
+    labels: Sequence[str],
+    counts: Sequence[Sequence[float]],
+    edges: Sequence[float],
+    notes: Sequence[str],
+    *,
+    width: int,
+    value_format: Callable[[float], str] = lambda v: format(v, ".3g"),
+) -> list[Text]:
+    """Distributions stacked one row each over a shared axis (TensorBoard's histogram view, flattened).
+
+    ``counts[i]`` are the bin counts of row ``labels[i]`` over the bins between ``edges`` (len(bins) + 1);
+    ``notes[i]`` is printed after the row (its mean and spread, say).  Under the rows: the axis with round
+    ticks.  Every line fits ``width`` (the caller chooses as many bins as fit).
+    """
+    label_w = max(len(x) for x in labels) if labels else 0
+    bins = len(edges) - 1
+    lines = []
+    for label, row, note in zip(labels, counts, notes, strict=True):
+        line = Text(label.rjust(label_w) + " │", style="dim")
+        line.append(bar_row(row))
+        if note:
+            line.append("  " + note, style="dim")
+        lines.append(Text(clip(line.plain, width)) if len(line.plain) > width else line)
+    lo, hi = float(edges[0]), float(edges[-1])
+    axis = ["─"] * bins
+    under = [" "] * (bins + 12)
+    for t in [v for v in nice_ticks(lo, hi, most=7) if lo <= v <= hi]:
+        c = min(bins - 1, int((t - lo) / (hi - lo) * bins)) if hi > lo else 0
+        axis[c] = "┬"
+        text = value_format(t)
+        pos = max(0, c - len(text) // 2)
+        if all(ch == " " for ch in under[max(pos - 1, 0) : pos + len(text) + 1]):
+            under[pos : pos + len(text)] = list(text)
+    pad = " " * (label_w + 1)
+    lines.append(Text(pad + "└" + "".join(axis), style="dim"))
+    lines.append(Text(clip(pad + " " + "".join(under).rstrip(), width), style="dim"))
+    return lines

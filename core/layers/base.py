@@ -247,6 +247,14 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
         return f"{type(self).__name__}({self.name!r}{', ' if args else ''}{args})"
 
+    # ---- smoothness (the gradient checker reads this) ----------------------------------------------
+    def nonsmooth_distance(self) -> np.ndarray | None:
+        """Per element of the last forward's input, its distance from the nearest point where the
+        forward is continuous but not infinitely differentiable (|x|^2.5 at 0), or None (the default)
+        when there is none.  Finite differences whose stencil comes near such a point lose their
+        accuracy, so the checker narrows its step there; kinks are ``kink_signature()``'s."""
+        return None
+
 
 def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
     """Raise ShapeError unless the per-sample ``input_shape`` has ``rank`` axes (``what`` says which)."""

@@ -296,5 +296,25 @@ class LpPool(Pool):
         (kh, kw), s, p = self.size, self.stride, self.p
         return t.module(lambda x: (t.F.avg_pool2d(x.abs() ** p, (kh, kw), s) * (kh * kw)) ** (1.0 / p)), {}
 
+    def nonsmooth_distance(self) -> np.ndarray | None:
+        """Per input element, the distance from the nearest point of low smoothness: for p > 1 an all-zero
+        window (the root makes y a norm there; the largest |x| of each window holding the element) and,
+        for a p that is not an integer, x = 0 (|x|^p is t^p on each side: no derivative of order ⌈p⌉).
+        None for p = 1: y = Σ|x| is piecewise linear, its kinks are the signature's."""
+        if self.p == 1:
+            return None
+        x = self._saved()
+        largest = np.abs(self._windows(x)).max(axis=(4, 5))
+        (kh, kw), (sh, sw) = self.size, self.stride
+        ho, wo = largest.shape[2:]
+        d = np.full(x.shape, np.inf)
+        for a in range(kh):
+            for b in range(kw):
+                view = d[:, :, a : a + sh * ho : sh, b : b + sw * wo : sw]
+                np.minimum(view, largest, out=view)
+        if self.p != int(self.p):
+            np.minimum(d, np.abs(x), out=d)
+        return d
+
 
 _MODES: dict[str, type[Pool]] = {"max": MaxPool, "mean": MeanPool, "lp": LpPool}

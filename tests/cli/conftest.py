@@ -18,6 +18,8 @@ import yaml
 from cnnbp.runner import Callback
 
 SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
+#: what a finished run folder holds (tests of commands that must not write into it)
+RUN_FILES = ["checkpoints", "config.yaml", "metrics.csv", "status.json", "steps.csv", "train.log"]
 
 
 class SignalAfter(Callback):
@@ -75,7 +77,7 @@ def rewrite_checkpoint(path: Path, edit: Callable[[h5py.File], None]) -> None:
     Path(path).write_bytes(bytes(data))
 
 
-# ---- a tiny config with explicit weights ---------------------------------------------------------------
+# ---- a tiny config with explicit weights --------------------------------------------------------------
 
 # explicit initial values of the tiny config below (conv 1×1×2×2 + bias, dense 2×4 + bias)
 CONV_W = [[[[0.5, -0.25], [0.125, 0.75]]]]
@@ -126,7 +128,7 @@ def write_config(folder: Path, cfg: dict, name: str = "tiny.yaml") -> Path:
     return path
 
 
-# ---- runs to inspect (tests/cli/test_inspection.py, tests/cli/commands/test_inspect.py) ------------------
+# ---- runs to inspect (tests/cli/test_inspection.py, tests/cli/commands/test_inspect.py) ---------------
 
 # the seeds' worked example (seed 000 §3.1.1, seed 004): X is 3×3, the filter F is 2×2, O = F ⋆ X + b
 SEED_X = [[1.0, 2.0, 0.0], [0.0, 1.0, 3.0], [2.0, 1.0, 1.0]]
@@ -217,6 +219,24 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in digits config on 200 images for 2 epochs (checkpoints 0, 1, 2; probe of 4)."""
     args = ["--epochs", "2", "--set", "data.limit=200", "--set", "record.probe=4"]
     return train_run(tmp_path_factory.mktemp("digits"), None, *args)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cnnbp train`` with no arguments: the built-in digits config, all 15 epochs (about 3 s).
+
+    In a process of its own, as a user runs it: there ``cnnbp.app`` pins the BLAS threads to one before
+    NumPy loads (in this process NumPy came first, and two busy-waiting BLAS threads make the run ten
+    times slower on a busy machine)."""
+    import os
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("default")
+    argv = [sys.executable, "-m", "cnnbp", "train", "--out", str(folder / "runs"), "--quiet"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return folder / "runs" / "digits"
 
 
 @pytest.fixture(scope="session")
@@ -395,7 +415,7 @@ def onnx_vs_engine(path: Path, ck: Checkpoint) -> float:
     return float(max(np.abs(logits - ref).max(), np.abs(probs - softmax(ref)).max()))
 
 
-# ---- gradcheck (tests/cli/test_checking.py, tests/cli/commands/test_gradcheck.py) -----------------------
+# ---- gradcheck (tests/cli/test_checking.py, tests/cli/commands/test_gradcheck.py) ---------------------
 
 # the built-in digits config: its layers, its parameter tensors, and the layers that rule out complex-step
 DIGITS_LAYERS = [
@@ -516,7 +536,7 @@ def wrong_dense_w(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, ...]]
     return hit
 
 
-# ---- more for exports (test_exporting, commands/test_export) ----------------------------------------------
+# ---- more for exports (test_exporting, commands/test_export) ------------------------------------------
 
 #: the digits config with its second layer (pool2) an LpPool of p = 2.5: ONNX LpPool takes integer p only
 LP_POOL = "model.layers[1]={type: pool, mode: lp, size: 2, p: 2.5}"
@@ -584,7 +604,7 @@ def npz_one_ulp_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("cnnbp.exporting.load_npz", one_ulp_off)
 
 
-# ---- users' layers (tests/cli/test_plugins.py, test_layercheck.py, commands/test_check_layer.py) ----------
+# ---- users' layers (tests/cli/test_plugins.py, test_layercheck.py, commands/test_check_layer.py) ------
 
 # A softplus and a dense layer written as a user would (the README's example).  The ``{...}`` fields
 # break one thing each: ``SCALE_*`` multiplies one gradient by (1 + 1e-4).
@@ -696,3 +716,104 @@ class LoopConv(cnnbp.Layer):
 def conv_source(flip: bool = False, stride_bug: bool = False) -> str:
     return CONV_PLUGIN.format(FLIP="[:, :, ::-1, ::-1]" if flip else "",
                               DX_OFFSET="i, j" if stride_bug else "i * s, j * s")  # fmt: skip
+
+
+# A stride-1 convolution with zero padding, one einsum per kernel offset, for networks full of ties
+# (tests/cli/test_checking_kinks.py).  ``{DW}`` is what backward stores as ∂L/∂W (``dkern``, right);
+# ``{SCALE_B}`` and ``{SCALE_X}`` multiply ∂L/∂b and ∂L/∂x.
+PAD_CONV_PLUGIN = '''
+import numpy as np
+import cnnbp
+
+
+@cnnbp.register_layer("pad_conv")
+class PadConv(cnnbp.Layer):
+    def __init__(self, filters: int, kernel: int, padding: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel, self.padding = filters, kernel, padding
+
+    def output_shape(self, input_shape):
+        c, h, w = input_shape
+        k, p = self.kernel, self.padding
+        return (self.filters, h + 2 * p - k + 1, w + 2 * p - k + 1)
+
+    def param_shapes(self, input_shape):
+        return {{"W": (self.filters, input_shape[0], self.kernel, self.kernel), "b": (self.filters,)}}
+
+    def forward(self, x):
+        p, k, W = self.padding, self.kernel, self.params["W"]
+        self.xp = xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        f, ho, wo = self.output_shape(x.shape[1:])
+        y = np.zeros((x.shape[0], f, ho, wo), dtype=np.result_type(x, W))
+        for a in range(k):
+            for b in range(k):
+                y += np.einsum("nchw,fc->nfhw", xp[:, :, a : a + ho, b : b + wo], W[:, :, a, b])
+        return y + self.params["b"][:, None, None]
+
+    def backward(self, dy):
+        p, k, xp, W = self.padding, self.kernel, self.xp, self.params["W"]
+        ho, wo = dy.shape[2:]
+        dxp, dkern = np.zeros_like(xp), np.zeros_like(W)
+        for a in range(k):
+            for b in range(k):
+                dkern[:, :, a, b] = np.einsum("nfhw,nchw->fc", dy, xp[:, :, a : a + ho, b : b + wo])
+                dxp[:, :, a : a + ho, b : b + wo] += np.einsum("nfhw,fc->nchw", dy, W[:, :, a, b])
+        self.grads["W"] = {DW}
+        self.grads["b"] = dy.sum(axis=(0, 2, 3)) * {SCALE_B}
+        return dxp[:, :, p : xp.shape[2] - p, p : xp.shape[3] - p] * {SCALE_X}
+'''
+
+
+def pad_conv_source(dw: str = "dkern", scale_b: str = "1", scale_x: str = "1") -> str:
+    return PAD_CONV_PLUGIN.format(DW=dw, SCALE_B=scale_b, SCALE_X=scale_x)
+
+
+# ---- sweeps (tests/cli/test_sweeping.py, tests/cli/commands/test_sweep.py) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():  # noqa: ANN201 - a generator fixture
+    """The address of an in-process Dask cluster (2 workers of one thread, no sockets), for the session."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    from cnnbp.sweeping import LOOPBACK
+
+    loopback = {k: v for k, v in LOOPBACK.items() if k != "host"}  # in-process: no host to listen on
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       silence_logs=logging.CRITICAL, **loopback)  # fmt: skip
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+# ---- a tie-heavy network (tests/cli/test_checking_kinks.py, commands/test_gradcheck.py) ---------------
+
+def tie_config(plugin: Path, conv: str) -> dict:
+    """1×8×8 integer images (0..3, a blank quarter, a flat quarter of 2s): ``c1`` (4 filters) → relu → max
+    pool → ``c2`` (3 filters) → relu → max pool → dense 3, both convs 3×3 with padding 1, integer weights in
+    {−1, 0, 1} and zero biases; ``conv`` (c1 or c2) is the plugin's ``pad_conv``, the other the built-in."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 4, size=(6, 1, 8, 8)).astype(float)
+    images[:, :, :4, :4] = 0.0
+    images[:, :, 5:, 5:] = 2.0
+
+    def layer(name: str, filters: int, channels: int) -> dict:
+        weights = rng.integers(-1, 2, size=(filters, channels, 3, 3)).astype(float)
+        return {"type": "pad_conv" if name == conv else "conv", "name": name, "filters": filters, "kernel": 3,
+                "padding": 1, "init": {"W": weights.tolist()}}  # fmt: skip
+
+    return {
+        "seed": 0,
+        "dtype": "float64",
+        "plugins": [str(plugin)],
+        "data": {"source": "inline", "val_fraction": 0, "x": images.tolist(), "y": [0, 1, 2, 0, 1, 2]},
+        "model": {
+            "input_shape": [1, 8, 8],
+            "layers": [
+                layer("c1", 4, 1), {"type": "relu", "name": "r1"}, {"type": "pool", "mode": "max", "size": 2},
+                layer("c2", 3, 4), {"type": "relu", "name": "r2"}, {"type": "pool", "mode": "max", "size": 2},
+                {"type": "flatten"}, {"type": "dense", "units": 3, "name": "fc"},
+            ],
+        },  # fmt: skip
+        "loss": "softmax_cross_entropy",
+    }

@@ -41,10 +41,12 @@ from tests.cli.conftest import (
 REPORT_KEYS = {
     "rows", "method", "requested_method", "eps", "rtol", "atol_floor", "samples", "sample_indices", "inputs",
     "seconds", "cast_from", "strict", "verdict", "counts", "target", "kind", "weights", "epoch",
+    "unchecked", "mode", "directions",
 }  # fmt: skip
 ROW_KEYS = {
     "layer", "tensor", "shape", "checked", "total", "max_rel_error", "worst_index", "analytic", "numeric",
-    "status", "n_fail", "n_kink",
+    "status", "n_fail", "n_kink", "n_unchecked", "n_rough", "backward", "forward", "mode", "directions",
+    "directions_failed", "fallback",
 }  # fmt: skip
 #: the README's "cnnbp gradcheck" example: 1,438 training samples of digits, seed 0
 DIGITS_TRAIN = 1438
@@ -96,15 +98,17 @@ def test_default_config_checks_every_param_delta_and_the_input(digits_report: Gr
     assert rows[("conv1", "W")]["shape"] == [16, 1, 3, 3]
     assert rows[("conv1", "delta")]["shape"] == [4, 16, 8, 8]
     assert len(report["sample_indices"]) == 4 and report["inputs"] == "data"
-    # every genuine comparison is far inside rtol: the errors over it are kinks (relu at exactly 0
-    # where a digit has an all-zero 3×3 patch and the biases start at 0)
+    assert report["mode"] == "elements" and report["directions"] == 0 and report["unchecked"] == 0
+    # every element is checked, those whose perturbation crosses a kink (relu at exactly 0 where a digit
+    # has an all-zero 3×3 patch and the biases start at 0, max-pool ties there) at the kink: none fails,
+    # none is left unchecked, and every one is within rtol
     for r in report["rows"]:
         assert r["status"] in ("PASS", "KINK"), r
-        if r["status"] == "PASS":
-            assert r["max_rel_error"] < 1e-6
-        else:
-            assert r["n_fail"] == 0 and r["n_kink"] >= 1
-    assert digits_report.passed and digits_report.ok() and not digits_report.ok(strict=True)
+        assert r["max_rel_error"] < 1e-6 and r["n_fail"] == r["n_unchecked"] == 0
+        assert (r["n_kink"] >= 1) == (r["status"] == "KINK")
+        assert (r["backward"] is None) == (r["status"] == "PASS")  # the one-sided values of a KINK row
+    assert rows[("conv1", "b")]["n_kink"] == 16  # every perturbation of conv1's bias crosses a kink
+    assert digits_report.passed and digits_report.ok() and digits_report.ok(strict=True)
     assert digits_report.subject.non_analytic == DIGITS_NON_ANALYTIC
 
 
@@ -179,21 +183,38 @@ def test_complex_step_on_an_analytic_network_is_exact_to_rounding(tmp_path: Path
 
 
 # ---- kinks, passed and ok(strict) -------------------------------------------------------------------------
-def test_relu_at_exactly_zero_is_a_kink_and_strict_fails_it(tmp_path: Path) -> None:
+def test_relu_at_exactly_zero_is_a_kink_checked_at_the_kink(tmp_path: Path) -> None:
     config = write_config(tmp_path, kink_config(), "kink.yaml")
     result = cnnbp.gradcheck(config)
     report = as_json(result)
     kinks = {key for key, r in rows_by_key(report).items() if r["status"] == "KINK"}
     assert kinks == {("hidden", "W"), ("hidden", "b"), ("hidden", "delta")}
     assert report["counts"]["FAIL"] == 0 and report["verdict"] == "PASS"
-    assert report["counts"] == {"PASS": len(report["rows"]) - 3, "FAIL": 0, "KINK": 3}
+    assert report["counts"] == {"PASS": len(report["rows"]) - 3, "FAIL": 0, "KINK": 3, "UNCHECKED": 0}
     b = rows_by_key(report)[("hidden", "b")]
     assert b["worst_index"] == [1] and b["n_kink"] == 1 and b["n_fail"] == 0
+    assert b["analytic"] == 0.0 and b["backward"] == pytest.approx(0.0, abs=1e-10) and b["forward"] > 0
 
-    assert result.passed is True and result.ok() is True and result.ok(strict=True) is False
+    assert result.passed is True and result.ok() is True and result.ok(strict=True) is True
     strict = as_json(result, strict=True)
-    assert strict["verdict"] == "FAIL" and strict["strict"] is True
+    assert strict["verdict"] == "PASS" and strict["strict"] is True  # KINK rows are checked
     assert strict["rows"] == report["rows"]  # --strict changes the verdict, not the rows
+
+
+def test_strict_fails_unchecked_elements(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the relu's frozen forward, W[1, ·] (features of both signs) moves the samples' dead
+    pre-activations in opposite directions: those elements cannot be decided, and --strict fails them."""
+    from cnnbp.core import perturb
+    from cnnbp.core.layers import ReLU
+
+    monkeypatch.delitem(perturb.FROZEN, ReLU)
+    result = cnnbp.gradcheck(write_config(tmp_path, kink_config(), "kink.yaml"))
+    report, strict = as_json(result), as_json(result, strict=True)
+    w = rows_by_key(report)[("hidden", "W")]
+    assert w["status"] == "UNCHECKED" and w["n_unchecked"] >= 1 and w["n_fail"] == 0
+    assert report["unchecked"] == w["n_unchecked"] and report["counts"]["UNCHECKED"] == 1
+    assert report["verdict"] == "PASS" and strict["verdict"] == "FAIL"
+    assert result.passed and not result.ok(strict=True)
 
 
 # ---- sampling and seeds ---------------------------------------------------------------------------------
@@ -423,6 +444,13 @@ def test_unknown_layers_are_a_user_error_listing_the_layers(layers: list[str], m
         (None, {"rtol": float("nan")}, "--rtol: expected a number > 0, got nan"),
         (None, {"rtol": 0.0}, "--rtol: expected a number > 0, got 0.0"),
         (None, {"check_all": True, "per_tensor": 3}, "--all and --per-tensor: use one or the other"),
+        (None, {"mode": "random"}, "--mode: expected one of elements, directional, got 'random'"),
+        (None, {"directions": 8}, "--directions: only with --mode directional"),
+        (None, {"mode": "directional", "directions": 0}, "--directions: expected an integer ≥ 1, got 0"),
+        (None, {"mode": "directional", "check_all": True},
+         "--mode directional: checks whole tensors; drop --all"),
+        (None, {"mode": "directional", "per_tensor": 5},
+         "--mode directional: checks whole tensors; drop --per-tensor"),
     ],
 )  # fmt: skip
 def test_user_errors(target: str | None, kwargs: dict[str, Any], message: str) -> None:
@@ -460,7 +488,7 @@ def test_to_dict_writes_non_finite_numbers_as_strict_json(tmp_path: Path) -> Non
     assert d["rows"][0]["worst_index"] == list(first.worst_index)
     assert set(d) == REPORT_KEYS
     assert d["eps"] == report.result.eps and d["rtol"] == 1e-6 and d["atol_floor"] == report.result.atol_floor
-    assert d["counts"] == {"PASS": 5, "FAIL": 0, "KINK": 3} and d["verdict"] == "PASS"
+    assert d["counts"] == {"PASS": 5, "FAIL": 0, "KINK": 3, "UNCHECKED": 0} and d["verdict"] == "PASS"
 
 
 def test_prepare_then_run_check_is_gradcheck(tmp_path: Path) -> None:
@@ -474,3 +502,33 @@ def test_prepare_then_run_check_is_gradcheck(tmp_path: Path) -> None:
     one_call = cnnbp.gradcheck(config, "central", layers=["dense5"], seed=4, per_tensor=5)
     assert as_json(two_steps)["rows"] == as_json(one_call)["rows"]
     assert two_steps.subject.sample_indices == one_call.subject.sample_indices == documented_draw(6, 4, 4)
+
+
+# ---- the directional mode and progress ---------------------------------------------------------------
+def test_directional_mode_on_the_default_config(wrong_dense_w: dict[str, tuple[int, ...]]) -> None:
+    """Along 6 directions per tensor: a wrong dense6.W (one element off by 1e-4, the largest) fails its
+    directions and is checked element by element, which names the element; tensors whose directions cross
+    the digits' kinks are checked on a sample of their elements; the rest stay directional."""
+    calls: list[tuple[int, int]] = []
+    result = cnnbp.gradcheck(mode="directional", directions=6, progress=lambda d, t: calls.append((d, t)))
+    report = as_json(result)
+    assert report["mode"] == "directional" and report["directions"] == 6 and report["verdict"] == "FAIL"
+    rows = rows_by_key(report)
+    w = rows[("dense6", "W")]
+    assert (w["status"], w["mode"], w["fallback"], w["checked"]) == ("FAIL", "elements", "FAIL", 1280)
+    assert w["directions_failed"] >= 1 and tuple(w["worst_index"]) == wrong_dense_w["index"]
+    assert [(r["layer"], r["tensor"]) for r in report["rows"] if r["status"] == "FAIL"] == [("dense6", "W")]
+    kinked = rows[("conv1", "b")]
+    assert kinked["fallback"] == "KINK" and kinked["status"] == "KINK" and kinked["checked"] == 16
+    plain = rows[("dense6", "b")]
+    assert (plain["mode"], plain["checked"], plain["status"]) == ("directional", 6, "PASS")
+    assert plain["fallback"] == ""
+    assert calls[-1][0] == calls[-1][1] > 6 * len(report["rows"])  # the fallbacks' elements add to the total
+
+
+def test_progress_counts_the_elements_checked(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    report = cnnbp.gradcheck(analytic_yaml(tmp_path), progress=lambda d, t: calls.append((d, t)))
+    total = sum(r.checked for r in report.rows)
+    assert calls and calls[-1] == (total, total)
+    assert all(t == total for _, t in calls) and [d for d, _ in calls] == sorted(d for d, _ in calls)

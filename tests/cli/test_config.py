@@ -141,9 +141,10 @@ def test_default_resolved_has_every_default_filled_in() -> None:
     assert r["model"]["layers"][4] == {"type": "flatten", "name": "flatten5"}
     assert r["model"]["layers"][5]["init"] == {"W": "glorot_uniform", "b": "zeros"}
     assert list(r["train"]) == ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                                "shuffle", "divergence_factor"]
+                                "shuffle", "divergence_factor", "schedule", "early_stopping"]
     assert r["train"]["optimizer"] == "sgd"
-    assert set(r["record"]) == {"probe", "every"}
+    assert (r["train"]["schedule"], r["train"]["early_stopping"]) == (None, None)
+    assert r["record"] == {"probe": 8, "every": 1, "monitor": "val_loss", "keep": "all", "tensorboard": False}
 
 
 def test_examples_together_exercise_every_layer_type_activation_and_loss() -> None:
@@ -488,7 +489,8 @@ def test_bad_init_values(init, message: str) -> None:
          "model.layers[2].units: unknown key for a flatten layer (allowed: type, name)"),
         ("train", {"learning_rate": 0.1},
          "train.learning_rate: unknown key "
-         "(allowed: epochs, batch_size, optimizer, lr, momentum, weight_decay, shuffle, divergence_factor)"),
+         "(allowed: epochs, batch_size, optimizer, lr, momentum, weight_decay, shuffle, divergence_factor, "
+         "schedule, early_stopping)"),
         ("record", {"probes": 3}, "record.probes: unknown key (did you mean 'probe'?)"),
         # wrong types, out of range
         ("seed", -1, "seed: expected an integer ≥ 0, got -1"),
@@ -631,13 +633,19 @@ def test_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_mod, "_memory_budget", lambda: 12_000_000_000)
     cfg = config_from_dict(raw)  # loading does not depend on the machine
     message = error(check_model, cfg)
-    assert re.fullmatch(
-        r"model: needs about \d+\.\d GB for one batch of 32, over the 12\.0 GB budget "
-        r"\(half of this machine's memory\); use a smaller model or train\.batch_size",
+    # evaluation runs batches of 256 (one per thread at once), more than the training batch of 32
+    found = re.fullmatch(
+        r"model: evaluation \((\d+) samples at once\) needs about (\d+\.\d) GB, more than the 12\.0 GB of "
+        r"memory available; use a smaller model \(evaluation runs batches of at least 256\)",
         message,
-    ), message
-    need = float(message.split("about ")[1].split(" GB")[0])
-    assert 51.5 < need < 60  # conv1 and conv1.relu: 2 × 256×512×512 values × 32 × 3 × 4 bytes = 51.5 GB
+    )
+    assert found, message
+    n, need = int(found.group(1)), float(found.group(2))
+    assert n in (256, 512)
+    conv = 2 * 256 * 512 * 512 * n * 3 * 4 / 1e9  # conv1 and conv1.relu: 3 float32 per value per sample
+    assert conv < need < 1.1 * conv
+    bigger = config_from_dict({**raw, "train": {"batch_size": 512}})  # then batch_size is what to change
+    assert error(check_model, bigger).endswith("; use a smaller model or train.batch_size")
     monkeypatch.setattr(config_mod, "_memory_budget", lambda: None)  # unknown memory: no check
     assert check_model(cfg)[-1].output_shape == (2,)
 
@@ -718,7 +726,8 @@ def test_adam_takes_its_own_keys_and_refuses_sgds() -> None:
         "adam", {"lr": 1e-3, "betas": [0.8, 0.99], "eps": 1e-7, "weight_decay": 0.0}
     )
     assert list(cfg.resolved["train"]) == ["epochs", "batch_size", "optimizer", "lr", "betas", "eps",
-                                            "weight_decay", "shuffle", "divergence_factor"]  # fmt: skip
+                                            "weight_decay", "shuffle", "divergence_factor", "schedule",
+                                            "early_stopping"]  # fmt: skip
     assert config_mod.build_optimizer(cfg).betas == (0.8, 0.99)
     assert error(config_from_dict, with_(raw, "train.momentum", 0.9)) == (
         "train.momentum: only used with optimizer sgd, not adam; remove it"
@@ -767,3 +776,82 @@ def test_the_json_schema_refuses_what_the_cli_refuses(path: str, value: object) 
     raw = with_(small(), section, {key: value}) if in_section else with_(small(), path, value)
     error(config_from_dict, raw)
     assert list(jsonschema.Draft202012Validator(json_schema_document()).iter_errors(raw)), path
+
+
+# ---- schedules, early stopping, the best epoch and the checkpoints kept; merged overrides ----------------
+
+
+def test_schedule_early_stopping_and_record_keys_resolve_with_their_defaults() -> None:
+    raw = with_(small(), "train", {"schedule": {"type": "cosine", "t_max": 5}, "early_stopping": {}})
+    raw["record"] = {"monitor": "val_acc", "keep": "last-3"}
+    cfg = config_from_dict(raw)
+    assert cfg.resolved["train"]["schedule"] == {"type": "cosine", "t_max": 5, "eta_min": 0.0, "warmup": 0}
+    assert cfg.resolved["train"]["early_stopping"] == {"monitor": "val_loss", "patience": 5, "min_delta": 0.0}
+    assert cfg.resolved["record"] == {
+        "probe": 8, "every": 1, "monitor": "val_acc", "keep": "last-3", "tensorboard": False
+    }  # fmt: skip
+    schedule = config_mod.build_schedule(cfg)
+    assert (schedule.kind, schedule.t_max, schedule.eta_min) == ("cosine", 5, 0.0)
+    assert config_mod.build_schedule(config_from_dict(small())) is None
+    assert config_from_dict(small()).train.divergence_factor == 100.0  # on by default (README: Divergence)
+    assert config_from_dict(dump_yaml_dict(cfg)).resolved == cfg.resolved  # the resolved config loads back
+
+
+def dump_yaml_dict(cfg) -> dict:
+    return yaml.safe_load(dump_config(cfg))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"type": "stp"},
+         "train.schedule.type: must be one of step, cosine, exponential, constant, got 'stp' (did you mean "
+         "'step'?)"),
+        ({"step_size": 2}, "train.schedule.type: required: one of step, cosine, exponential, constant"),
+        ({"type": "cosine"}, "train.schedule.t_max: required for a cosine schedule (an integer ≥ 1)"),
+        ({"type": "step", "step_size": 2, "gama": 0.5},
+         "train.schedule.gama: unknown key (did you mean 'gamma'?)"),
+        ({"type": "exponential", "gamma": 0}, "train.schedule.gamma: expected a number > 0, got 0"),
+        ({"type": "constant", "warmup": -1}, "train.schedule.warmup: expected an integer ≥ 0, got -1"),
+        (3, "train.schedule: expected a mapping such as {type: step, step_size: 5, gamma: 0.5}, got 3"),
+    ],
+)
+def test_schedule_errors_name_the_key(value: object, message: str) -> None:
+    assert error(config_from_dict, with_(small(), "train", {"schedule": value})) == message
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("train", {"early_stopping": {"monitor": "val"}},
+         "train.early_stopping.monitor: must be one of val_loss, val_acc, got 'val' (did you mean "
+         "'val_acc'?)"),
+        ("train", {"early_stopping": {"patience": 0}},
+         "train.early_stopping.patience: expected an integer ≥ 1, got 0"),
+        ("record", {"keep": "last-0"},
+         "record.keep: must be all, best or last-K with K ≥ 1 (e.g. last-3), got 'last-0' (did you mean "
+         "'last-3'?)"),
+        ("record", {"monitor": "acc"},
+         "record.monitor: must be one of val_loss, val_acc, got 'acc' (did you mean 'val_acc'?)"),
+    ],
+)  # fmt: skip
+def test_early_stopping_and_record_errors(path: str, value: dict, message: str) -> None:
+    assert error(config_from_dict, with_(small(), path, value)) == message
+
+
+def test_a_mapping_override_merges_into_the_mapping_at_its_key() -> None:
+    cfg = load_config(None, ["train={epochs: 1}"])
+    default = load_config(None)
+    assert cfg.resolved["train"] == {**default.resolved["train"], "epochs": 1}  # nothing else reset
+    cfg = load_config(None, ["train={schedule: {type: step, step_size: 2}}", "train.schedule={gamma: 0.5}"])
+    assert cfg.resolved["train"]["schedule"] == {"type": "step", "step_size": 2, "gamma": 0.5, "warmup": 0}
+    # a layer (or schedule) of another type replaces the old one whole: its keys were the old kind's
+    pool, relu = "model.layers[1]={type: pool, mode: lp, size: 2, p: 2.5}", "model.layers[3]={type: relu}"
+    cfg = load_config(None, [pool, relu])
+    assert cfg.resolved["model"]["layers"][1]["mode"] == "lp"
+    assert cfg.resolved["model"]["layers"][3] == {"type": "relu", "name": "relu4"}
+    step, exp = "train.schedule={type: step, step_size: 2}", "train.schedule={type: exponential, gamma: 0.9}"
+    cfg = load_config(None, [step, exp])
+    assert cfg.resolved["train"]["schedule"] == {"type": "exponential", "gamma": 0.9, "warmup": 0}
+    # lists are values, not mappings: they are replaced
+    assert load_config(None, ["model.input_shape=[1, 8, 8]"]).model.input_shape == (1, 8, 8)

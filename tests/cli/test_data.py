@@ -210,7 +210,10 @@ def test_idx_flatten_scale_limit_and_relative_path(tmp_path: Path) -> None:
 
 def test_idx_missing_folder_and_not_a_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    expect_error(lambda: load(DataSpec("idx", path=str(missing)), shape=(1, 28, 28)), missing, "not found")
+    expect_error(
+        lambda: load(DataSpec("idx", path=str(missing)), shape=(1, 28, 28)), missing, "folder not found",
+        "point data.path at the folder holding the four MNIST IDX files", "--set data.path=/path/to/mnist",
+    )  # fmt: skip
     a_file = tmp_path / "file"
     a_file.write_bytes(b"x")
     expect_error(lambda: load(DataSpec("idx", path=str(a_file)), shape=(1, 28, 28)), a_file, "not a folder")
@@ -576,3 +579,8 @@ def test_limit_after_split(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.x_train, lim.x_train)
     big = load(DataSpec("npz", path=str(p), val_fraction=0.25, limit=100), seed=3)
     np.testing.assert_array_equal(big.x_train, full.x_train)
+
+
+def test_descriptions_count_one_sample_as_one() -> None:
+    one = load(DataSpec("inline", val_fraction=0, x=[[1.0, 2.0]], y=[0]), shape=(2,))
+    assert one.description == "inline (1 sample)"

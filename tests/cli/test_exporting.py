@@ -26,6 +26,7 @@ from cnnbp.onnx_graph import INSTALL_HINT, ExportError
 from cnnbp.runner import Session
 from cnnbp.runs import Run
 from tests.cli.conftest import (
+    RUN_FILES,
     assert_same_params,
     engine_network,
     last_checkpoint,
@@ -161,7 +162,7 @@ def test_missing_onnx_extra_via_onnx_available(run32: Path, monkeypatch: pytest.
     monkeypatch.setattr("cnnbp.exporting.onnx_available", lambda: False)
     with pytest.raises(UserError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
         cnnbp.export(run32, verify=False)
-    assert _listing(run32) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(run32) == RUN_FILES
 
 
 # ---- verification failures: nothing written ------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_verification_failure_reports_and_writes_nothing(
     assert not report.ok and not report.written and report.verified
     assert report.max_abs_diff == 0.5 and report.tolerance < 0.5
     assert report.path == str(run32 / "model.onnx")
-    assert _listing(run32) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(run32) == RUN_FILES
 
 
 def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, npz_one_ulp_off: None) -> None:
@@ -183,7 +184,7 @@ def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, npz_one_ulp_o
     assert not report.ok and not report.written
     assert 0 < report.max_abs_diff < 1e-6 and report.tolerance == 0.0
     assert not (run32 / "model.npz").exists()
-    assert _listing(run32) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(run32) == RUN_FILES
 
 
 def test_existing_output_needs_force(ort, run32: Path) -> None:
@@ -270,7 +271,7 @@ def test_loose_checkpoint_file_and_output_folder(run32: Path, tmp_path: Path) ->
         ("{run}", {"format": "npz", "path": "{run}/checkpoints/0001.h5"},
          "{run}/checkpoints/0001.h5: is the checkpoint being exported; choose another -o"),
         ("{tmp}/missing", {}, "{tmp}/missing: no such run folder or checkpoint file"),
-        ("{run}", {"format": "xml"}, "--format: expected one of onnx, npz, json, got 'xml'"),
+        ("{run}", {"format": "xml"}, "--format: expected one of onnx, npz, json, tensorboard, got 'xml'"),
         ("{run}", {"ops": "fast"}, "--ops: expected one of auto, native, decomposed, got 'fast'"),
         ("{run}/checkpoints/0000.h5", {"format": "npz", "checkpoint": 1},
          "{run}/checkpoints/0000.h5: --checkpoint selects a checkpoint of a run folder, not of a file"),
@@ -285,7 +286,7 @@ def test_option_errors_are_user_errors(
         cnnbp.export(target.format(**fill), **args)
     assert str(info.value) == message.format(**fill)
     assert (run32 / "checkpoints" / "0001.h5").stat().st_size > 0
-    assert _listing(run32) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(run32) == RUN_FILES
 
 
 def test_export_does_not_need_the_data(ort, tmp_path: Path) -> None:
@@ -486,7 +487,7 @@ def test_verification_notices_a_file_without_buffers(
         )
     with pytest.raises(UserError, match="layer batchnorm2 has buffers running_mean, running_var, got none"):
         cnnbp.export(buffered, format=fmt)
-    assert _listing(buffered) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(buffered) == RUN_FILES
 
 
 def test_verification_notices_a_buffer_one_ulp_off(buffered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -505,7 +506,7 @@ def test_verification_notices_a_buffer_one_ulp_off(buffered: Path, monkeypatch: 
     report = cnnbp.export(buffered, format="npz")
     assert not report.ok and not report.written
     assert 0 < report.max_abs_diff < 1e-6
-    assert _listing(buffered) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert _listing(buffered) == RUN_FILES
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import gzip
 import shutil
+import signal
 import struct
 import tempfile
 from collections import Counter
@@ -26,17 +27,20 @@ import numpy as np
 import pytest
 import typer.testing
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cnnbp import config as config_module
+from cnnbp import memory
 from cnnbp.app import app
+from cnnbp.runner import Callback
 from cnnbp.runs import find_checkpoints
-from tests.cli.conftest import with_signals
+from tests.cli.conftest import tiny_config, with_signals, write_config
 
 runner = CliRunner()
 CASES: dict[str, Counter[str]] = {}
+LAST: dict[str, str] = {}  # the stderr of the last case checked
 FUZZ = settings(
     derandomize=True,
     database=None,
@@ -66,6 +70,7 @@ def check(kind: str, args: list[str], root: Path, out: Path, codes: tuple[int, .
     before = {p for p in out.iterdir()} if out.exists() else set()
     result = runner.invoke(app, args)
     code = result.exit_code
+    LAST["stderr"] = result.stderr
     what = f"{args}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{type(result.exception).__name__}: {result.exception}\n{what}"
@@ -436,3 +441,293 @@ def test_a_file_without_the_checksum_never_reaches_hdf5(
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()
     assert line.endswith("0001.h5: not a cnnbp checkpoint (an HDF5 file without cnnbp's checksum)"), line
+
+
+# ---- data files whose headers declare more than they hold, or more than memory holds ---------------------
+
+#: the memory the data-file cases may use: a file declaring more is refused before it is read
+DATA_BUDGET = 64_000_000
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> tuple[int, ...]:
+    """Declared shapes: small, plausible, or astronomically large (up to 2^32 per axis, as IDX allows)."""
+    dim = st.one_of(st.integers(0, 9), st.sampled_from([4, 28, 60000, 10**6, 10**9, 2**31, 2**32 - 1]))
+    return tuple(draw(st.lists(dim, min_size=1, max_size=4)))
+
+
+def lying_idx(root: Path, which: int, dims: tuple[int, ...], payload: int, gz: bool) -> Path:
+    """The valid tiny MNIST folder with file ``which`` replaced: an images/labels header declaring
+    ``dims`` (ubyte) followed by ``payload`` zero bytes (gzip-compressed when ``gz``: a small file that
+    decompresses to ``payload`` bytes)."""
+    folder, files = data_files(root, "idx", gz)
+    magic = bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    data = magic + bytes(payload)
+    files[which].write_bytes(gzip.compress(data, compresslevel=1, mtime=0) if gz else data)
+    return folder
+
+
+def lying_npz(root: Path, dims: tuple[int, ...], descr: str, payload: int, compressed: bool) -> Path:
+    """An NPZ whose x_train header declares ``dims`` of dtype ``descr`` over ``payload`` bytes of data."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": descr, "fortran_order": False, "shape": dims})
+    y = io.BytesIO()
+    np.save(y, np.zeros(dims[0] if dims and dims[0] < 100 else 3, np.uint8))
+    path = root / "d.npz"
+    how = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", how) as z:
+        z.writestr("x_train.npy", head.getvalue() + bytes(payload))
+        z.writestr("y_train.npy", y.getvalue())
+    return path
+
+
+def odd_hdf5(root: Path, dims: tuple[int, ...], kind: str) -> Path:
+    """An HDF5 file whose x_train is a dataset of ``dims`` declared but never written (chunked and
+    compressed: a few bytes on disk), or something that is no plain dataset at all."""
+    path = root / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["y_train"] = np.zeros(3, np.uint8)
+        if kind == "declared":
+            if all(dims):  # chunked and compressed: nothing of it is on disk
+                chunks = tuple(min(d, 64) for d in dims)
+                f.create_dataset("x_train", shape=dims, dtype="f4", chunks=chunks, compression="gzip")
+            else:
+                f.create_dataset("x_train", shape=dims, dtype="f4")
+        elif kind == "loop":
+            f["x_train"] = h5py.SoftLink("/x_train")
+        elif kind == "external":
+            f["x_train"] = h5py.ExternalLink("missing.h5", "/x")
+        elif kind == "strings":
+            f.create_dataset("x_train", data=np.array([b"a", b"bc", b"d"]))
+        elif kind == "vlen":
+            f.create_dataset("x_train", data=["a", "bc", "d"], dtype=h5py.string_dtype())
+        elif kind == "compound":
+            f.create_dataset("x_train", data=np.zeros(3, dtype=[("a", "f4"), ("b", "i2")]))
+        elif kind == "empty":
+            f.create_dataset("x_train", data=h5py.Empty("f4"))
+        elif kind == "group":
+            f.create_group("x_train")["inner"] = np.zeros(3)
+    return path
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    source=st.sampled_from(["idx", "npz", "hdf5"]),
+    dims=shapes(),
+    payload=st.sampled_from([0, 7, 48, 4096, 8 * 2**20]),
+    which=st.integers(0, 3),
+    gz=st.booleans(),
+    descr=st.sampled_from(["<f4", "|u1", ">f8", "|O", "<U5", "|V8", "<c16"]),
+    kind=st.sampled_from(["declared", "declared", "loop", "external", "strings", "vlen", "compound",
+                          "empty", "group"]),
+)  # fmt: skip
+# gzip bombs: 8 MiB of zeros in a few kB; declared larger than memory, or small with the rest left unread
+@example(source="idx", dims=(60000, 28, 28), payload=2**23, which=0, gz=True, descr="|u1", kind="declared")
+@example(source="idx", dims=(9, 4, 4), payload=2**23, which=0, gz=True, descr="|u1", kind="declared")
+@example(source="npz", dims=(10**9, 64), payload=7, which=0, gz=True, descr="<f4", kind="declared")
+@example(source="hdf5", dims=(10**9, 1, 8, 8), payload=0, which=0, gz=False, descr="<f4", kind="declared")
+@example(source="hdf5", dims=(3,), payload=0, which=0, gz=False, descr="<f4", kind="loop")
+def _declared_cases(
+    source: str, dims: tuple, payload: int, which: int, gz: bool, descr: str, kind: str
+) -> None:
+    with scratch() as root, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "available", lambda: DATA_BUDGET)
+        if source == "idx":
+            path = lying_idx(root, which, dims, payload, gz)
+            declared = int(np.prod(dims, dtype=object))
+        elif source == "npz":
+            path = lying_npz(root, dims, descr, payload, gz)
+            declared = int(np.prod(dims, dtype=object)) * np.dtype(descr).itemsize
+        else:
+            path = odd_hdf5(root, dims, kind)
+            declared = int(np.prod(dims, dtype=object)) * 4 if kind == "declared" else 0
+        cfg_path = root / "c.yaml"
+        cfg_path.write_text(yaml.safe_dump(data_config(source, path)), encoding="utf-8")
+        out = root / "runs"
+        args = ["train", str(cfg_path), "--out", str(out), "--quiet", "--dry-run"]
+        code = check(f"declared sizes ({source})", args, root, out)
+        # a header that passes the checks before the size (the magic, the dtype) and declares more than
+        # the memory available is refused by the size it declares (or as holding less than it declares)
+        sized = {
+            "idx": len(dims) == (3 if which % 2 == 0 else 1),
+            "npz": not np.dtype(descr).hasobject,
+            "hdf5": kind == "declared",
+        }[source]
+        if sized and declared > 2 * DATA_BUDGET:
+            assert code == 2 and ("needs about" in LAST["stderr"] or "declares" in LAST["stderr"]), LAST
+
+
+def test_data_files_are_sized_before_they_are_read() -> None:
+    """Headers that declare more than the file holds, or than memory holds (gzip bombs, 10⁹-row HDF5
+    datasets, 256 GB NPZ headers), and HDF5 files that are no plain numeric dataset: one line, exit 2,
+    and a size beyond the memory available is refused by its declared size, before it is read."""
+    _declared_cases()
+    for source in ("idx", "npz", "hdf5"):
+        report(f"declared sizes ({source})")
+
+
+# ---- --set values ------------------------------------------------------------------------------------
+
+SET_KEYS = st.one_of(
+    st.sampled_from([".".join(map(str, p)) for p in paths(base_config()) if p[:2] != ("data", "x")]),
+    st.sampled_from(["seed", "model.layers[0].padding", "model.layers[0].kernel", "model.layers[3].units",
+                     "train.batch_size", "record.probe", "model.input_shape", "train.epochs", "name",
+                     "data.limit", "model.init_from", "train.schedule", "plugins"]),
+    st.lists(st.sampled_from(["a", "train", "0", "[1]", "x"]), min_size=1, max_size=80).map(".".join),
+)  # fmt: skip
+SET_VALUES = st.one_of(
+    st.sampled_from(["2**64", "18446744073709551616", "9223372036854775808", "-9223372036854775809",
+                     "1000000000000", "1e400", "-1e-400", ".nan", "0x7fffffffffffffff", "0b1", "1_000",
+                     "~", "''", "[]", "{}", "!!binary AA==", "!!python/object:os.system x", "\x00",
+                     "&a [*a]", "&a {b: *a}", "[" * 70 + "]" * 70, "{a: " * 70 + "1" + "}" * 70,
+                     "[&x [1,2,3,4,5,6,7,8,9], [*x,*x,*x,*x,*x,*x,*x,*x,*x]]"]),
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats().map(repr),
+    st.text(max_size=20),
+    st.lists(st.integers(-(2**65), 2**65), max_size=4).map(str),
+)  # fmt: skip
+
+
+@settings(FUZZ, max_examples=150)
+@given(sets=st.lists(st.tuples(SET_KEYS, SET_VALUES), min_size=1, max_size=3))
+def _set_cases(sets: list[tuple[str, str]]) -> None:
+    with scratch() as root:
+        path = root / "c.yaml"
+        path.write_text(yaml.safe_dump(base_config()), encoding="utf-8")
+        out = root / "runs"
+        args = ["train", str(path), "--out", str(out), "--quiet", "--dry-run"]
+        for key, value in sets:
+            args += ["--set", f"{key}={value}"]
+        check("--set values", args, root, out)
+        assert "-24165984" not in LAST["stderr"]  # no size wrapped around in int64
+
+
+def test_set_values_run_or_fail_in_one_line() -> None:
+    """Any KEY=VALUE, however large, deep, self-referring or odd, is validated to what the program can
+    hold: the dry run passes or ends in one line and exit 2."""
+    _set_cases()
+    report("--set values")
+
+
+# ---- signals at any moment -------------------------------------------------------------------------------
+
+SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: (event, which): after optimiser step k, before validating / after checkpointing epoch e, at the start,
+#: or inside the n-th checkpoint build (HDF5 writing it in memory)
+MOMENTS = st.one_of(
+    st.tuples(st.just("batch"), st.integers(1, 6)),
+    st.tuples(st.just("validate"), st.integers(1, 3)),
+    st.tuples(st.just("epoch"), st.integers(0, 3)),
+    st.tuples(st.just("start"), st.just(0)),
+    st.tuples(st.just("build"), st.integers(1, 4)),
+)
+
+
+class SignalAt(Callback):
+    """Sends ``signals`` to this process at one moment of a run (the handler runs before raise_signal
+    returns)."""
+
+    def __init__(self, moment: tuple[str, int], signals: list[int]) -> None:
+        self.moment, self.signals, self.builds = moment, signals, 0
+
+    def fire(self, event: str, which: int) -> None:
+        if (event, which) == self.moment:
+            for s in self.signals:
+                signal.raise_signal(s)
+
+    def on_start(self, info: Any) -> None:
+        self.fire("start", 0)
+
+    def on_batch(self, epoch: int, batch: int, batches: int, loss: float, step: int) -> None:
+        self.fire("batch", step)
+
+    def on_validate(self, epoch: int, samples: int) -> None:
+        self.fire("validate", epoch)
+
+    def on_epoch(self, row: dict[str, float]) -> None:
+        self.fire("epoch", int(row["epoch"]))
+
+    def building(self) -> None:
+        self.builds += 1
+        self.fire("build", self.builds)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The tiny run (3 epochs of 2 steps, a checkpoint each) trained without a stop, and its last state."""
+    from cnnbp.checkpoint import read_checkpoint
+
+    root = tmp_path_factory.mktemp("straight")
+    config = write_config(root, tiny_config(epochs=3, every=1))
+    result = runner.invoke(app, ["train", str(config), "--out", str(root / "runs"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return config, read_checkpoint(find_checkpoints(root / "runs" / "tiny")[-1][1])
+
+
+@settings(FUZZ, max_examples=20)
+@given(
+    moment=MOMENTS,
+    names=st.sampled_from([["INT"], ["TERM"], ["INT", "INT"], ["TERM", "INT"], ["INT", "TERM"]]),
+)
+@example(moment=("epoch", 3), names=["INT"])  # after the last checkpoint: the run is done, exit 0
+@example(moment=("build", 2), names=["INT", "INT"])  # a second Ctrl-C inside an HDF5 write
+@example(moment=("build", 4), names=["TERM"])
+def _signal_cases(straight: tuple[Path, Any], moment: tuple[str, int], names: list[str]) -> None:
+    from cnnbp import checkpoint
+    from cnnbp.checkpoint import read_checkpoint
+    from cnnbp.commands import train as train_command
+    from cnnbp.runs import read_status
+
+    config, reference = straight
+    sigs = [SIGNALS[n] for n in names]
+    at = SignalAt(moment, sigs)
+    original_cb, original_resume = train_command._callbacks, checkpoint._write_resume
+
+    def write_resume(*args: Any) -> None:
+        at.building()
+        original_resume(*args)
+
+    with scratch() as root:
+        out, run = root / "runs", root / "runs" / "tiny"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_command, "_callbacks", lambda *a, **k: [*original_cb(*a, **k), at])
+            patch.setattr(checkpoint, "_write_resume", write_resume)
+            result = runner.invoke(app, ["train", str(config), "--out", str(out), "--quiet"])
+        code = result.exit_code
+        what = f"{moment} {names}\n{result.output}"
+        assert "Traceback" not in result.output and "Exception ignored" not in result.output, what
+        epochs = [read_checkpoint(p).epoch for _, p in find_checkpoints(run)]  # each reads back whole
+        assert not list(run.rglob("*.tmp")), what
+        status = read_status(run)["state"]
+        # finished: a signal once the last checkpoint is written, or a first one while it is being made
+        done = moment == ("epoch", 3) or (len(sigs) == 1 and moment in (("validate", 3), ("build", 4)))
+        assert (code == 0) == done, what
+        if code == 0:
+            assert (epochs[-1], status) == (3, "finished"), what
+        else:
+            assert code == EXIT[sigs[-1]] and status == "interrupted", what
+            lines = result.stderr.strip().splitlines()
+            assert lines[0].startswith(("interrupted in epoch ", "stopped at once (second signal)")), what
+            assert lines[-1] == f"resume with: cnnbp train --resume {run}", what
+            resumed = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+            assert resumed.exit_code == 0, resumed.output
+        final = read_checkpoint(find_checkpoints(run)[-1][1])
+        assert (final.epoch, final.step) == (reference.epoch, reference.step)
+        for name, group in reference.weights.items():
+            for key, value in group.items():
+                assert np.array_equal(final.weights[name][key], value), f"{name}.{key} after {what}"
+    CASES.setdefault("signals", Counter())[f"exit {code}"] += 1
+
+
+@pytest.mark.slow
+def test_signals_at_any_moment_stop_truthfully_and_resume_bit_identically(straight: tuple[Path, Any]) -> None:
+    """One or two SIGINT/SIGTERM at any moment of a run — mid-batch, at validation, after a checkpoint,
+    inside the HDF5 write of one: the exit code is the truth (0 only when the run finished, else 130/143
+    of the last signal), no traceback, every checkpoint whole, no temporary file, and resuming ends in
+    exactly the weights of a run never stopped."""
+    _signal_cases(straight)
+    report("signals")

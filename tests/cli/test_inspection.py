@@ -21,7 +21,7 @@ import pytest
 
 from cnnbp import inspection as ins
 from cnnbp.errors import UserError
-from tests.cli.conftest import ck_path, read_h5, rewrite_checkpoint, seed_expected
+from tests.cli.conftest import SEED_X, ck_path, read_h5, rewrite_checkpoint, seed_expected, seed_forward
 
 
 def strict_json(data: object) -> object:
@@ -327,3 +327,65 @@ def test_seed_example_as_in_the_seeds(seeds_run: Path, epoch: int) -> None:
     weights = strict_json(ins.params_data(ck, layers, "weights", None))["layers"][0]["params"]
     np.testing.assert_allclose(np.asarray(weights["W"]["values"])[0, 0], want["F"], atol=1e-12)
     np.testing.assert_allclose(np.asarray(weights["b"]["values"])[0], want["b"], atol=1e-12)
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_seed_activations_are_the_seeds_forward_pass(seeds_run: Path, epoch: int) -> None:
+    """/activations holds each layer's output: O = F ⋆ X + b for conv1, written out term by term in the
+    seed, and O flattened row by row for flatten2."""
+    want = seed_expected()[epoch]
+    O = seed_forward(want["F"], want["b"], np.array(SEED_X))
+    ck = ins.load_checkpoint(seeds_run, epoch)
+    data = strict_json(ins.activations_data(ck, ck.layers, 0, None))
+    conv, flat = (np.asarray(layer["activation"]) for layer in data["layers"])
+    np.testing.assert_allclose(conv[0], O, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flat, O.ravel(), rtol=0, atol=1e-12)
+    assert np.array_equal(conv, read_h5(ck_path(seeds_run, epoch), "activations/conv1")[0])
+
+
+# ---- distributions and several runs ------------------------------------------------------------------
+
+
+def test_histograms_share_bins_over_every_checkpoint(digits_run: Path) -> None:
+    cks = ins.load_all(digits_run)
+    data = ins.histograms_data(cks, ["dense6"], bins=10)
+    assert [(b["name"], b["quantity"]) for b in data["histograms"]] == [
+        ("dense6.W", "weights"), ("dense6.b", "weights"), ("dense6.W", "grads"), ("dense6.b", "grads"),
+        ("dense6", "deltas"),
+    ]  # fmt: skip
+    deltas = [read_h5(ck_path(digits_run, e), "deltas/dense6").astype(np.float64) for e in range(3)]
+    block = data["histograms"][-1]
+    lo, hi = min(d.min() for d in deltas), max(d.max() for d in deltas)
+    np.testing.assert_allclose(block["edges"], np.linspace(lo, hi, 11))
+    for row, d in zip(block["rows"], deltas, strict=True):
+        assert list(row["counts"]) == list(np.histogram(d, bins=np.linspace(lo, hi, 11))[0])
+        assert row["mean"] == pytest.approx(d.mean()) and row["std"] == pytest.approx(d.std())
+    assert ins.pick_evenly(list(range(16)), 4) == [0, 5, 10, 15]
+    assert ins.pick_evenly([1, 2], 4) == [1, 2]
+
+
+def test_config_differences_name_the_keys_that_differ() -> None:
+    def config(name: str, filters: int, **train: float) -> dict:
+        return {"name": name, "train": {"epochs": 3, **train}, "model": {"layers": [{"filters": filters}]}}
+
+    a, b, c = config("a", 8, lr=0.1), config("b", 16, lr=0.2), config("c", 8, lr=0.1, momentum=0.9)
+    diffs = ins.config_differences([a, b, c])
+    assert [(d["key"], d["values"]) for d in diffs] == [
+        ("train.lr", [0.1, 0.2, 0.1]),
+        ("model.layers[0].filters", [8, 16, 8]),
+        ("train.momentum", [ins.MISSING, ins.MISSING, 0.9]),
+    ]
+
+
+def test_compare_data_reads_each_runs_files(digits_run: Path, seeds_run: Path) -> None:
+    data = ins.compare_data([digits_run, seeds_run])
+    digits, seeds = data["runs"]
+    assert (digits["label"], seeds["label"]) == ("digits", "seeds")
+    rows = list(csv.DictReader((digits_run / "metrics.csv").open(encoding="utf-8")))
+    assert digits["final"]["val_acc"] == float(rows[-1]["val_acc"]) and digits["epochs"] == 2
+    assert digits["steps"]["step"] == list(range(1, 15)) and digits["status"]["state"] == "finished"
+    assert {"key": "loss", "values": ["softmax_cross_entropy", "mse"]} in data["differences"]
+    doc = json.loads(json.dumps(ins.compare_json(data), allow_nan=False))
+    assert "config" not in doc["runs"][0]
+    with pytest.raises(UserError, match="not a run folder"):
+        ins.compare_data([digits_run / "checkpoints"])

@@ -352,7 +352,7 @@ def test_divergence_factor_stops_a_growing_loss(tmp_path: Path) -> None:
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
     assert "is over divergence_factor 3 × the first batch's loss" in line and "diverged in epoch" in line
-    # off by default: the same lr runs until the loss is Inf
+    # off with divergence_factor: null: the same lr runs until the loss is Inf
     result = invoke("train", write(tmp_path, exploding(10.0)), "--out", tmp_path / "runs", "--quiet")
     assert result.exit_code == 1 and "loss is +Inf" in result.stderr
 

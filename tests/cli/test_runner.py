@@ -3,6 +3,7 @@ summary counts what one call did."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -89,7 +90,6 @@ def test_a_left_over_temporary_file_is_removed_when_the_run_continues(tmp_path: 
 
 # ---- model.init_from: the weights copied in, all or nothing, mismatches named ------------------------------
 
-import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -171,3 +171,192 @@ def test_init_from_missing_and_extra_names(tmp_path: Path, fmt: str) -> None:
     for lname, group in good.items():  # none of these copied anything
         for key, value in group.items():
             np.testing.assert_array_equal(model.layer(lname).params[key], value)
+
+
+# ---- per-step records, learning-rate schedules, the status file --------------------------------------------
+
+import csv  # noqa: E402
+
+from cnnbp.config import (  # noqa: E402
+    EarlyStoppingSpec,  # noqa: E402
+    build_loss,
+    build_network,
+    build_optimizer,
+    load_config,
+)
+from cnnbp.core.trainer import Trainer  # noqa: E402
+from cnnbp.render.console import trained_text  # noqa: E402
+from cnnbp.runner import StepInfo, early_stop  # noqa: E402
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows, read with the csv module (not through cnnbp)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+class Steps(Callback):
+    """Keeps every on_step's info."""
+
+    def __init__(self) -> None:
+        self.infos: list[StepInfo] = []
+
+    def on_step(self, info: StepInfo) -> None:
+        self.infos.append(info)
+
+
+def scheduled(name: str = "sched", epochs: int = 3) -> dict:
+    """The tiny config (2 batches per epoch, plain SGD at lr 0.1) halving the lr every epoch after a
+    warm-up of 3 steps."""
+    cfg = tiny_config(name, epochs=epochs, every=1)
+    cfg["train"]["schedule"] = {"type": "step", "step_size": 1, "gamma": 0.5, "warmup": 3}
+    return cfg
+
+
+# the rates of steps 1..6 from the formulas: warm-up × s/3 over epoch 1's 0.1, then 0.1 · 0.5^(e − 1)
+SCHEDULED_LRS = [0.1 * 1 / 3, 0.1 * 2 / 3, 0.05, 0.05, 0.025, 0.025]
+
+
+def test_steps_csv_records_every_step_its_loss_and_the_lr_it_used(tmp_path: Path) -> None:
+    steps, rec = Steps(), Recorder()
+    with Session.new(scheduled()) as session:
+        session.run(tmp_path / "runs", [rec, steps])
+    run = session.run_dir
+    rows = read_rows(run / "steps.csv")
+    assert list(rows[0]) == ["step", "epoch", "loss", "lr"]
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(s, (s + 1) // 2) for s in range(1, 7)]
+    assert [float(r["lr"]) for r in rows] == pytest.approx(SCHEDULED_LRS, rel=1e-15)
+    assert [float(r["loss"]) for r in rows] == [i.loss for i in steps.infos]  # full precision, as trained
+    assert [i.lr for i in steps.infos] == [float(r["lr"]) for r in rows]
+    # each epoch's last step carries the epoch's means, and metrics.csv has the lr of its last step
+    metrics = read_rows(run / "metrics.csv")
+    for info in (steps.infos[1], steps.infos[3], steps.infos[5]):
+        row = metrics[info.epoch]
+        assert (info.mean_loss, info.mean_acc) == (float(row["train_loss"]), float(row["train_acc"]))
+    assert [float(r["lr"]) for r in metrics] == pytest.approx([SCHEDULED_LRS[i] for i in (0, 1, 3, 5)])
+
+
+def test_the_weights_are_those_of_sgd_at_the_scheduled_rates(tmp_path: Path) -> None:
+    """The same network trained by the engine's Trainer, the lr set from the formula before each step,
+    ends bit for bit where the run ends."""
+    with Session.new(scheduled()) as session:
+        session.run(tmp_path / "runs")
+    ck = read_checkpoint(session.run_dir / "checkpoints" / "0003.h5")
+    cfg = load_config(session.run_dir / "config.yaml")
+    net = build_network(cfg).build(np.random.default_rng(cfg.seed), np.dtype(cfg.dtype))
+    opt = build_optimizer(cfg)
+    trainer = Trainer(net, build_loss(cfg), opt, batch_size=4, seed=cfg.seed)
+    x, y = session.data.x_train, session.data.y_train
+    for epoch in (1, 2, 3):
+
+        def next_lr(batch: int, batches: int, loss: float) -> None:
+            opt.lr = SCHEDULED_LRS[min(trainer.step, len(SCHEDULED_LRS) - 1)]
+
+        opt.lr = SCHEDULED_LRS[trainer.step]
+        trainer.run_epoch(x, y, epoch, next_lr)
+    for lname, group in net.parameters().items():
+        for key, w in group.items():
+            np.testing.assert_array_equal(ck.weights[lname][key], w)
+
+
+def test_a_resumed_scheduled_run_repeats_the_same_steps_and_times_the_whole_epoch(tmp_path: Path) -> None:
+    with Session.new(scheduled("straight", epochs=3)) as session:
+        session.run(tmp_path / "runs")
+    straight = session.run_dir
+    with Session.new(scheduled("cut", epochs=3)) as session, pytest.raises(Interrupted):
+        session.run(tmp_path / "runs", [Recorder(stop_at=(2, 1))])  # step 3, mid-epoch 2
+    run = session.run_dir
+    status = json.loads((run / "status.json").read_text())
+    assert (status["state"], status["epoch"], status["step"]) == ("interrupted", 2, 3)
+    assert status["epoch_seconds"] > 0 and status["reason"].startswith("interrupted in epoch 2 at step 3")
+    with Session.resumed(run) as resumed:
+        summary = resumed.run()
+    assert read_rows(run / "steps.csv") == read_rows(straight / "steps.csv")  # losses and lrs, bit for bit
+    assert [float(r["lr"]) for r in read_rows(run / "steps.csv")] == pytest.approx(SCHEDULED_LRS, rel=1e-15)
+    a = read_checkpoint(run / "checkpoints" / "0003.h5")
+    b = read_checkpoint(straight / "checkpoints" / "0003.h5")
+    for lname, group in a.weights.items():
+        for key, w in group.items():
+            np.testing.assert_array_equal(w, b.weights[lname][key])
+    # the resumed epoch's seconds count the part before the interrupt too
+    assert float(read_rows(run / "metrics.csv")[2]["seconds"]) >= status["epoch_seconds"]
+    assert (summary.first_epoch, summary.last_epoch, summary.steps_run, summary.resumed) == (2, 3, 3, True)
+    assert trained_text(summary).startswith("epochs 2–3 of 3 (resumed), 3 steps in ")
+
+
+def test_status_json_says_how_the_run_ended(tmp_path: Path) -> None:
+    with Session.new(tiny_config(epochs=2, every=1)) as session:
+        summary = session.run(tmp_path / "runs")
+    status = json.loads((session.run_dir / "status.json").read_text())
+    metrics = read_rows(session.run_dir / "metrics.csv")
+    best = min(metrics, key=lambda r: (float(r["val_loss"]), int(r["epoch"])))
+    assert (status["state"], status["reason"], status["epoch"], status["step"]) == ("finished", None, 2, 4)
+    want = {"monitor": "val_loss", "epoch": int(best["epoch"]), "value": float(best["val_loss"])}
+    assert status["best"] == want
+    assert status["val"] == {"samples": 2, "test_split": False}
+    assert trained_text(summary).startswith("2 epochs, 4 steps in ")
+
+
+# ---- early stopping ------------------------------------------------------------------------------------
+
+
+def rows_of(values: list[float], key: str = "val_loss") -> list[dict[str, float]]:
+    return [{"epoch": e, key: v} for e, v in enumerate(values)]
+
+
+def test_the_early_stopping_rule_is_keras() -> None:
+    spec = EarlyStoppingSpec("val_loss", patience=2, min_delta=0.1)
+    # epoch 0 is not watched; epoch 1 sets the best (1.0); 0.95 is no improvement by more than 0.1
+    assert early_stop(rows_of([0.1, 1.0, 0.95]), spec) is None
+    reason = early_stop(rows_of([0.1, 1.0, 0.95, 0.91]), spec)
+    assert reason == "val_loss has not improved by more than 0.1 for 2 epochs (best 1 at epoch 1)"
+    assert early_stop(rows_of([9, 1.0, 0.95, 0.85]), spec) is None  # 0.85 < 1.0 − 0.1: improved, wait 0
+    acc = EarlyStoppingSpec("val_acc", patience=1, min_delta=0.0)
+    assert early_stop(rows_of([0.1, 0.5, 0.6], "val_acc"), acc) is None
+    assert early_stop(rows_of([0.1, 0.5, 0.6, 0.6], "val_acc"), acc) == (
+        "val_acc has not improved for 1 epoch (best 60.0% at epoch 2)"
+    )
+
+
+def test_early_stopping_ends_the_run_keeps_its_checkpoint_and_says_why(tmp_path: Path) -> None:
+    cfg = tiny_config("es", epochs=6, every=5)
+    cfg["train"].update(lr=1e-9, early_stopping={"monitor": "val_loss", "patience": 2, "min_delta": 0.01})
+    with Session.new(cfg) as session:
+        summary = session.run(tmp_path / "runs")
+    run = session.run_dir
+    assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1, 2, 3]  # lr 1e-9: no change
+    assert [e for e, _ in find_checkpoints(run)] == [0, 3]  # the stop epoch is written, off the schedule
+    assert summary.last_epoch == 3
+    assert summary.stopped.startswith("stopped early at epoch 3: val_loss has not improved by more than 0.01")
+    status = json.loads((run / "status.json").read_text())
+    assert (status["state"], status["reason"]) == ("early_stopped", summary.stopped)
+    with Session.resumed(run) as resumed:  # nothing left: it stopped, not paused
+        assert resumed.complete and resumed.complete_reason == summary.stopped
+
+
+def test_early_stopping_needs_validation_data(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    cfg["data"]["val_fraction"] = 0
+    cfg["train"]["early_stopping"] = {}
+    with pytest.raises(UserError, match="train.early_stopping: watches val_loss, but the run has no"):
+        Session.new(cfg)
+
+
+# ---- the best checkpoint and the ones kept -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("keep", "extra"), [("best", 0), ("last-2", 2)])
+def test_record_keep_leaves_checkpoint_0_the_best_and_the_last(tmp_path: Path, keep: str, extra: int) -> None:
+    cfg = tiny_config("keep", epochs=6, every=1)
+    cfg["train"].update(lr=3.0, divergence_factor=None)  # a rate that makes val_loss go down and up
+    cfg["record"]["keep"] = keep
+    with Session.new(cfg) as session:
+        session.run(tmp_path / "runs")
+    metrics = read_rows(session.run_dir / "metrics.csv")
+    best = int(min(metrics, key=lambda r: (float(r["val_loss"]), int(r["epoch"])))["epoch"])
+    assert 0 < best < 6  # the case that matters: the best is neither the first nor the last
+    want = {0, best, 6} | set(range(6 - extra + 1, 7))
+    assert {e for e, _ in find_checkpoints(session.run_dir)} == want
+    from cnnbp.runs import resolve_checkpoint
+
+    assert resolve_checkpoint(session.run_dir, "best").name == f"{best:04d}.h5"

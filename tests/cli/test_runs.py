@@ -41,8 +41,8 @@ def test_resolve_checkpoint(tmp_path: Path) -> None:
     assert resolve_checkpoint(file) == file
     with pytest.raises(UserError, match=r"no checkpoint for epoch 3 \(have 0, 1, 5\)"):
         resolve_checkpoint(run, 3)
-    with pytest.raises(UserError, match="expected an epoch number"):
-        resolve_checkpoint(run, "best")
+    with pytest.raises(UserError, match="expected an epoch number, 'last' or 'best'"):
+        resolve_checkpoint(run, "first")
     with pytest.raises(UserError, match="no such run folder"):
         resolve_checkpoint(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -77,6 +77,13 @@ def test_load_run_gives_config_metrics_epochs_and_checkpoints(tmp_path: Path) ->
     assert set(last.weights) == {"conv", "out"} and last.deltas["conv"].shape[1:] == (1, 2, 2)
     with pytest.raises(UserError, match="no checkpoint for epoch 1"):
         again.checkpoint(1)
+    # 6 training images in batches of 4: steps 1..6, two per epoch
+    assert [(r["step"], r["epoch"]) for r in again.steps] == [(s, (s + 1) // 2) for s in range(1, 7)]
+    assert again.status["state"] == "finished" and again.status["step"] == 6
+    best = min((r for r in again.metrics if r["epoch"] in again.epochs), key=lambda r: r["val_loss"])
+    assert again.checkpoint("best").epoch == best["epoch"]
+    log = (run.path / "train.log").read_text(encoding="utf-8")  # written by the library too, quiet or not
+    assert "model · tiny" in log and " 3/3 " in log and "cnnbp inspect" in log
 
 
 def test_load_run_of_something_else_is_one_line(tmp_path: Path) -> None:
@@ -84,3 +91,60 @@ def test_load_run_of_something_else_is_one_line(tmp_path: Path) -> None:
         cnnbp.load_run(tmp_path / "nothing")
     with pytest.raises(UserError, match=r"not a run folder \(no config.yaml\)"):
         cnnbp.load_run(tmp_path)
+
+
+# ---- the best epoch, the checkpoints kept, steps.csv, status.json ---------------------------------------
+
+from cnnbp.runs import (  # noqa: E402
+    StepsLog,
+    best_epoch,
+    keep_epochs,
+    read_status,
+    read_steps,
+    write_status,
+)
+
+
+def test_best_epoch_is_the_lowest_loss_or_highest_accuracy_earliest_on_ties() -> None:
+    cols = {"epoch": [0, 1, 2, 3, 4], "val_loss": [3.0, 0.5, 0.2, 0.2, float("nan")],
+            "val_acc": [0.1, 0.9, 0.95, 0.97, 0.97]}  # fmt: skip
+    assert best_epoch(cols, "val_loss") == (2, 0.2)
+    assert best_epoch(cols, "val_acc") == (3, 0.97)
+    assert best_epoch(cols, "val_loss", among=[0, 1, 4]) == (1, 0.5)  # only checkpoints on disk count
+    assert best_epoch({"epoch": [0], "val_loss": [float("nan")]}, "val_loss") is None
+
+
+def test_keep_epochs() -> None:
+    epochs = [0, 1, 2, 3, 4, 5, 6]
+    assert keep_epochs(epochs, 2, "all") == set(epochs)
+    assert keep_epochs(epochs, 2, "best") == {0, 2, 6}
+    assert keep_epochs(epochs, 2, "last-3") == {0, 2, 4, 5, 6}
+    assert keep_epochs(epochs, None, "best") == {0, 6}
+
+
+def test_steps_log_appends_and_a_resume_cuts_it_back_to_its_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "steps.csv"
+    log = StepsLog(path)
+    for step in range(1, 6):
+        log.append(step, 1 + (step - 1) // 2, 1.0 / step, 0.1 * step)
+    log.close()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("6,3,0.16")  # a line torn by a kill -9
+    assert read_steps(tmp_path)["step"] == [1, 2, 3, 4, 5]  # readers ignore the torn line
+    assert read_steps(tmp_path)["lr"] == [0.1 * s for s in range(1, 6)]  # full precision (repr)
+    StepsLog(path, upto=3).close()  # resuming from the checkpoint at step 3
+    assert path.read_text().splitlines() == [
+        "step,epoch,loss,lr", "1,1,1.0,0.1", "2,1,0.5,0.2", f"3,2,{1 / 3!r},{0.1 * 3!r}"
+    ]
+    assert read_steps(tmp_path / "nowhere") == {"step": [], "epoch": [], "loss": [], "lr": []}
+
+
+def test_status_json_round_trip(tmp_path: Path) -> None:
+    assert read_status(tmp_path) is None
+    write_status(tmp_path, "diverged", reason="loss is +Inf", epoch=2, step=7, best=None, value=float("nan"))
+    status = read_status(tmp_path)
+    assert {k: status[k] for k in ("state", "reason", "epoch", "step", "best", "value")} == {
+        "state": "diverged", "reason": "loss is +Inf", "epoch": 2, "step": 7, "best": None, "value": None
+    }
+    (tmp_path / "status.json").write_text("{not json")
+    assert read_status(tmp_path) is None

@@ -7,6 +7,7 @@ fixture and the finite-difference table live in ``tests/conftest.py``, the stenc
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -17,7 +18,10 @@ from cnnbp.core import Conv2D, Dense, Flatten, Identity, Layer, LpPool, MaxPool,
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.init import HeNormal
 from cnnbp.core.layers import ReLU, Sigmoid, Subsample, Tanh
+from cnnbp.core.losses import Loss, SoftmaxCrossEntropy
 from cnnbp.core.network import Sequential
+from cnnbp.core.optim import SGD
+from cnnbp.core.trace import Step
 from tests.fd import check_layer
 
 # ---- case grids (finite differences and loop references) -----------------------------------------
@@ -284,3 +288,99 @@ def assert_hyper_error(make: Callable[[], object], layer: str, key: str, detail:
     assert err.value.key == key
     assert err.value.detail == detail
     assert str(err.value) == f"{layer}: {key}: {detail}"
+
+
+REL = 1e-12  # of a trace step: its value against Σ_terms Π factors and against the engine's number
+
+
+# ---- trace: the engine's numbers and the exactness check (test_trace.py, cli/test_tracing.py) ---------
+
+def engine_numbers(net: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray, lr: float) -> dict:
+    """(layer, tensor) → the engine's array for the batch of one sample, in the eval phase."""
+    xb, yb = x[None], np.asarray(y)[None]
+    ref: dict[tuple[str, str], np.ndarray] = {}
+    with net.in_phase("eval"):
+        a = xb
+        for layer in net.layers:
+            a = layer.forward(a)
+            ref[(layer.name, "a" if layer.elementwise else "z")] = np.array(a[0])
+        if isinstance(loss, SoftmaxCrossEntropy):
+            ref[("loss", "softmax")] = SoftmaxCrossEntropy.probabilities(a)[0]
+        deltas: dict[str, np.ndarray] = {}
+        mean_loss = net.gradients(
+            xb, yb, loss, record=lambda name, d: deltas.__setitem__(name, np.array(d[0]))
+        )
+        ref[("loss", "loss")] = np.array(mean_loss)
+        grads = {name: {k: np.array(g) for k, g in group.items()} for name, group in net.grads().items()}
+        loss.forward(net.forward(xb), yb)
+        ref[("input", "input_grad")] = np.array(net.backward(loss.backward())[0])
+    for name, d in deltas.items():
+        ref[(name, "delta")] = d
+    updated = {name: {k: np.array(v) for k, v in group.items()} for name, group in net.parameters().items()}
+    SGD(lr=lr).step(updated, grads)
+    for name, group in grads.items():
+        for k in group:
+            ref[(name, f"grad:{k}")] = group[k]
+            ref[(name, f"update:{k}")] = updated[name][k]
+    return ref
+
+
+def check_exact(steps: list[Step], ref: dict) -> None:
+    """Every step: value = Σ_terms Π factors (to REL of Σ|Π|) and value = the engine's number (to REL)."""
+    assert steps
+    for s in steps:
+        where = f"{s.layer}.{s.tensor}{list(s.index)}: {s.formula}"
+        expected = float(ref[(s.layer, s.tensor)][s.index])
+        assert math.isfinite(s.value), where
+        assert abs(s.value - expected) <= REL * abs(expected), (where, s.value, expected)
+        products = [math.prod(t) for t in s.terms]
+        scale = max(abs(s.value), sum(abs(p) for p in products))
+        assert abs(sum(products) - s.value) <= REL * scale, (where, sum(products), s.value)
+
+
+# ---- gradient checker set-ups (test_gradcheck.py, test_gradcheck_kinks.py) ---------------------------
+
+def build_net(
+    layers: list[Layer], shape: tuple[int, ...], seed: int = 0, dtype: type = np.float64
+) -> Sequential:
+    """Layers + a final 3-unit dense ``fc``; parameters ~ N(0, 0.6²) so nothing is tiny."""
+    net = Sequential([*layers, Dense(3, name="fc")], shape).build(np.random.default_rng(seed), dtype)
+    rng = np.random.default_rng(seed + 100)
+    for layer in net.layers:
+        for p in layer.params.values():
+            p[...] = (0.6 * rng.standard_normal(p.shape)).astype(p.dtype)
+    return net
+
+
+def batch(net: Sequential, loss: Loss, m: int = 3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """m standard-normal samples and targets for ``loss`` (class indices or soft targets)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, *net.input_shape))
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return x, rng.integers(0, 3, size=m)
+    return x, rng.random((m, 3))
+
+
+def clean_gradients(
+    net: Sequential, loss: Loss, x: np.ndarray, y: np.ndarray
+) -> tuple[dict, dict, np.ndarray]:
+    """Correct parameter gradients, per-layer deltas and the input gradient."""
+    deltas: dict[str, np.ndarray] = {}
+    net.gradients(x, y, loss, record=lambda name, d: deltas.__setitem__(name, d.copy()))
+    grads = {l.name: {k: g.copy() for k, g in l.grads.items()} for l in net.layers}
+    dx = net.layers[0].backward(deltas[net.layers[0].name]).copy()
+    return grads, deltas, dx
+
+
+def analytic_net(seed: int = 0) -> Sequential:
+    """Conv, tanh, mean pool, subsample, dense, sigmoid, dense: holomorphic throughout."""
+    layers = [
+        Conv2D(3, 3, padding=1, name="conv"),
+        Tanh(name="tanh"),
+        MeanPool(2, name="pool"),
+        Subsample(1, name="sub"),
+        Flatten(name="flat"),
+        Dense(5, name="hidden"),
+        Sigmoid(name="sig"),
+    ]
+    return build_net(layers, (2, 6, 6), seed)

@@ -3,14 +3,16 @@ evaluation and the probe batch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from cnnbp.core.layers import Conv2D, Dense, Flatten, MaxPool, ReLU, Sigmoid
+from cnnbp.core.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU, Sigmoid
 from cnnbp.core.losses import MSE, SoftmaxCrossEntropy
 from cnnbp.core.network import Sequential
 from cnnbp.core.optim import SGD
-from cnnbp.core.trainer import Trainer, correct_count
+from cnnbp.core.trainer import Diverged, Trainer, correct_count
 
 
 def blobs(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -192,3 +194,149 @@ def test_mse_with_target_vectors_trains() -> None:
         last = trainer.run_epoch(x, targets, e)
     assert last.train_loss < first.train_loss
     assert trainer.evaluate(x, targets)[1] > 0.95
+
+
+# ---- threads: shards of a batch on replicas (core/parallel.py) ------------------------------------------
+
+
+def cnn_data(n: int = 30, seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 6, 6)).astype(dtype), rng.integers(0, 3, size=n)
+
+
+def weights(net: Sequential) -> dict[str, np.ndarray]:
+    return {f"{n}.{k}": w.copy() for n, group in net.parameters().items() for k, w in group.items()}
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key, w in a.items():
+        np.testing.assert_array_equal(w, b[key], err_msg=key)
+
+
+def threaded(threads: int | str = 2, dtype: type = np.float32, net: Sequential | None = None) -> Trainer:
+    net = small_cnn(dtype) if net is None else net
+    return Trainer(net, SoftmaxCrossEntropy(), SGD(0.1, momentum=0.9), batch_size=8, seed=5, threads=threads)
+
+
+def test_threads_give_bit_identical_weights_run_after_run() -> None:
+    x, y = cnn_data()
+    runs = []
+    for _ in range(2):
+        trainer = threaded(3)
+        stats = [trainer.run_epoch(x, y, e) for e in (1, 2)]
+        assert trainer.shards == 3
+        runs.append((weights(trainer.net), [(s.train_loss, s.train_acc) for s in stats]))
+    assert_same(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+
+
+def test_the_number_of_threads_running_the_shards_changes_no_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split is fixed by ``threads``; how many threads the pace lets run it changes only the time."""
+    from cnnbp.core import parallel
+
+    x, y = cnn_data()
+    results = []
+    for running in (1, 2, 3):
+        monkeypatch.setattr(parallel.Pace, "threads", lambda self, n=running: n)
+        trainer = threaded(3)
+        trainer.run_epoch(x, y, 1)
+        results.append((weights(trainer.net), trainer.evaluate(x, y, batch_size=7)))
+    for w, ev in results[1:]:
+        assert_same(results[0][0], w)
+        assert ev == results[0][1]
+
+
+def test_threads_agree_with_one_thread_to_rounding() -> None:
+    x, y = cnn_data(dtype=np.float64)
+    one, three = threaded(1, np.float64), threaded(3, np.float64)
+    for e in (1, 2):
+        a, b = one.run_epoch(x, y, e), three.run_epoch(x, y, e)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-12) and a.train_acc == b.train_acc
+    for key, w in weights(one.net).items():
+        np.testing.assert_allclose(weights(three.net)[key], w, rtol=1e-10, atol=1e-13, err_msg=key)
+    assert one.shards == 1 and three.shards == 3
+
+
+def resumed_mid_epoch(make: Callable[[], Trainer], x: np.ndarray, y: np.ndarray) -> Trainer:
+    """Train epoch 1 and stop after batch 2 of epoch 2, carry the weights and optimiser state over to a
+    new trainer, and finish epochs 2 and 3 there."""
+    first = make()
+    first.run_epoch(x, y, 1)
+
+    def stop(i: int, n: int, loss: float) -> None:
+        if i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run_epoch(x, y, 2, on_batch=stop)
+    second = make()
+    second.net.set_parameters(first.net.parameters(), same_dtype=True)
+    second.optimizer.load_state_dict(first.optimizer.state_dict())
+    second.step = first.step
+    second.run_epoch(x, y, 2, resume=first.progress)
+    second.run_epoch(x, y, 3)
+    return second
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_resume_mid_epoch_with_threads_is_bit_identical(dropout: bool) -> None:
+    x, y = cnn_data(n=40)
+
+    def make() -> Trainer:
+        net = None
+        if dropout:
+            layers = [Conv2D(2, 3, name="conv1"), ReLU(name="conv1.relu"), Flatten(name="flat"),
+                      Dropout(0.3, name="drop"), Dense(3, name="fc")]  # fmt: skip
+            net = Sequential(layers, (1, 6, 6)).build(np.random.default_rng(1), np.float32)
+        return threaded(2, net=net)
+
+    straight = make()
+    for e in (1, 2, 3):
+        straight.run_epoch(x, y, e)
+    resumed = resumed_mid_epoch(make, x, y)
+    assert straight.shards == 2 and straight.step == resumed.step
+    assert_same(weights(straight.net), weights(resumed.net))
+
+
+def test_dropout_in_shards_draws_per_shard_and_step() -> None:
+    """Each shard draws its own masks from (seed, step, shard): two runs agree, two seeds do not."""
+    x, y = cnn_data(n=16)
+
+    def run(seed: int) -> dict[str, np.ndarray]:
+        layers = [Flatten(name="flat"), Dropout(0.5, name="drop"), Dense(3, name="fc")]
+        net = Sequential(layers, (1, 6, 6)).build(np.random.default_rng(1), np.float64)
+        trainer = Trainer(net, SoftmaxCrossEntropy(), SGD(0.1), batch_size=8, seed=seed, threads=2)
+        trainer.run_epoch(x, y, 1)
+        return weights(net)
+
+    assert_same(run(3), run(3))
+    assert not np.array_equal(run(3)["fc.W"], run(4)["fc.W"])
+
+
+def test_divergence_in_one_shard_is_found_as_on_one_thread() -> None:
+    """A NaN sample in the last shard: the same layer and reason as without shards."""
+    x, y = cnn_data(n=8, dtype=np.float64)
+    x[7, 0, 2, 2] = np.nan
+    found = []
+    for threads in (1, 2):
+        trainer = threaded(threads, np.float64)
+        with pytest.raises(Diverged) as e:
+            trainer.run_epoch(x, y, 1)
+        found.append((e.value.layer, e.value.reason, e.value.step))
+    assert found[0] == found[1]
+    assert found[0][0] == "fc" and "the forward pass first went non-finite at the input" in found[0][1]
+
+
+def test_a_batchnorm_network_keeps_one_shard() -> None:
+    layers = [Flatten(name="flat"), Dense(4, name="fc1"), BatchNorm(name="bn"), Dense(3, name="fc2")]
+    net = Sequential(layers, (1, 6, 6)).build(np.random.default_rng(0), np.float64)
+    trainer = threaded(4, np.float64, net)
+    x, y = cnn_data(n=16, dtype=np.float64)
+    trainer.run_epoch(x, y, 1)
+    assert trainer.shards == 1 and trainer.threads_now() == 1
+
+
+def test_a_bad_threads_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        threaded(0)

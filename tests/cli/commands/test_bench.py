@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cnnbp import bench as bench_lib
 from cnnbp.app import app
 from cnnbp.commands import bench as bench_command
+from cnnbp.core.parallel import usable_cpus
 
 runner = CliRunner()
 LAYERS = ("conv1", "conv1.relu", "pool2", "conv3", "conv3.tanh", "pool4", "flatten5", "dense6",
@@ -58,7 +59,7 @@ def test_prints_the_per_layer_table(tmp_path: Path) -> None:
     result = invoke("bench", write_config(tmp_path, tiny_config("float32")), "--steps", "2")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert out.startswith("tiny · batch 6 · float32 · 2 steps · BLAS threads ")
+    assert out.startswith("tiny · batch 6 · float32 · 2 steps · threads 1 (1 shard, BLAS ")
     assert "engine step: median" in out and "images/s" in out
     for header in ("layer", "kind", "forward ms", "backward ms", "share"):
         assert header in out
@@ -109,7 +110,20 @@ def test_threads_option(tmp_path: Path) -> None:
         if before is not None:
             bench_lib.limit_threads(before)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["threads"]["blas"] in (1, None)  # None: a BLAS that cannot be asked
+    threads = json.loads(result.stdout)["threads"]
+    assert threads["blas"] in (1, None)  # None: a BLAS that cannot be asked
+    assert threads["engine"] == threads["shards"] == 1
+
+
+def test_threads_auto_follows_the_network() -> None:
+    """``auto`` (the default) cuts a batch only when each half has enough work: the digits network at
+    batch 2 does not, at batch 64 it does."""
+    small = json.loads(invoke("bench", "--steps", "1", "--batch", "2", "--json").stdout)["threads"]
+    assert small["shards"] == 1 and small["engine"] == 1
+    big = invoke("bench", "--steps", "1", "--batch", "64", "--threads", "auto", "--json")
+    assert big.exit_code == 0, big.output
+    threads = json.loads(big.stdout)["threads"]
+    assert threads["shards"] == 2 and threads["engine"] == min(2, usable_cpus())
 
 
 @pytest.mark.parametrize(
@@ -127,8 +141,11 @@ def test_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> No
 
 
 def test_bad_numbers_are_refused_by_the_parser(tmp_path: Path) -> None:
-    for args in (["--steps", "0"], ["--batch", "0"], ["--threads", "0"]):
-        assert invoke("bench", write_config(tmp_path, tiny_config()), *args).exit_code == 2
+    for args in (["--steps", "0"], ["--batch", "0"], ["--threads", "0"], ["--threads", "two"]):
+        result = invoke("bench", write_config(tmp_path, tiny_config()), *args)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+    result = invoke("bench", write_config(tmp_path, tiny_config()), "--threads", "two")
+    assert "--threads: expected auto or a positive integer, got 'two'" in result.output
 
 
 def test_vs_torch_without_torch_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,7 +161,8 @@ def test_disagreement_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def disagreeing(*args: object, **kwargs: object) -> bench_lib.BenchResult:
         timing = bench_lib.Timing(1.0, 1.0, 1.0, 6000.0)
         return bench_lib.BenchResult(
-            config="tiny", batch=6, dtype="float64", steps=1, threads={"blas": 1, "torch": 1}, engine=timing,
+            config="tiny", batch=6, dtype="float64", steps=1, engine=timing,
+            threads={"engine": 1, "shards": 1, "blas": 1, "torch": 1},
             layers=[], other_ms=0.1, optimizer="SGD", torch=timing, ratio=1.0,
             agreement=bench_lib.Agreement(1e-3, {"conv1.W": 0.5}, tolerance=1e-10),
         )  # fmt: skip
@@ -178,7 +196,27 @@ def test_vs_torch_table(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "PyTorch (threads: " in out and "loss and 8 gradients agree: largest relative error" in out
-    assert "torch step: median" in out and "ratio engine / torch (medians, alternating):" in out
+    assert "torch step: median" in out
+    assert "ratio engine / torch at 1 thread each (medians, alternating):" in out
+
+
+def test_vs_torch_at_matched_threads(tmp_path: Path) -> None:
+    """``--threads 2``: the engine cuts the batch in two shards, run on up to two threads, and PyTorch is
+    timed on as many threads; the text says which."""
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    path = write_config(tmp_path, tiny_config("float64", "mse"))
+    result = invoke("bench", path, "--steps", "2", "--threads", "2", "--vs", "torch", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    threads = data["threads"]
+    assert threads["shards"] == 2 and threads["engine"] == threads["torch"] == min(2, usable_cpus())
+    assert data["agreement"]["ok"] and data["profile_batch"] == 3
+    result = invoke("bench", path, "--steps", "2", "--threads", "2", "--vs", "torch")
+    n = min(2, usable_cpus())
+    each = "1 thread each" if n == 1 else "2 threads each"
+    assert f"· threads {n} (2 shards, BLAS " in result.stdout
+    assert "per layer (medians; one shard of 3, one thread)" in result.stdout
+    assert f"ratio engine / torch at {each} (medians, alternating):" in result.stdout
 
 
 def test_vs_torch_with_adam(tmp_path: Path) -> None:

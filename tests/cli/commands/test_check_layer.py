@@ -96,3 +96,16 @@ def test_help_fits_80_columns() -> None:
     assert result.exit_code == 0
     assert "PLUGIN:CLASS" in result.output and "--like" in result.output
     assert all(len(line) <= 80 for line in result.output.splitlines())
+
+
+def test_unchecked_elements_are_shown_and_counted_in_the_verdict() -> None:
+    from cnnbp.commands.check_layer import verdict
+    from cnnbp.layercheck import Case, Check, LayerCheckReport
+
+    checks = [Check("api", "PASS"), Check("∂L/∂x", "UNCHECKED", 1e-9, [0, 1], unchecked=2)]
+    case = Case((4,), 1, {}, "", checks)
+    report = LayerCheckReport("p.py:L", None, "float64", {}, [case], [])
+    assert report.passed  # not judged is not wrong
+    assert verdict(report).plain == (
+        "PASS: 1 case, 2 checks, largest relative error 1.0e-09; 2 elements UNCHECKED (see cnnbp gradcheck)"
+    )

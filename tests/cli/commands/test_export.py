@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cnnbp.app import app
 from cnnbp.onnx_graph import INSTALL_HINT
-from tests.cli.conftest import engine_network, last_checkpoint, onnx_vs_engine
+from tests.cli.conftest import RUN_FILES, engine_network, last_checkpoint, onnx_vs_engine
 
 REPO = Path(__file__).resolve().parents[3]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -187,7 +187,7 @@ def test_verification_failure_exits_1_and_writes_nothing(
     assert "FAILED" in result.stdout and "not written" in result.stdout
     line = one_error_line(result)
     assert "verification failed: max |diff| 0.5 exceeds the " in line and "nothing was written" in line
-    assert sorted(p.name for p in run32.iterdir()) == ["checkpoints", "config.yaml", "metrics.csv"]
+    assert sorted(p.name for p in run32.iterdir()) == RUN_FILES
 
 
 def test_npz_read_back_one_ulp_off_fails_verification(run32: Path, npz_one_ulp_off: None) -> None:
@@ -278,8 +278,10 @@ def test_bad_choice_is_a_usage_error(run32: Path) -> None:
     for args in (["-f", "xml"], ["--ops", "fast"]):
         result = invoke("export", run32, *args)
         assert result.exit_code == 2
-        assert "Invalid value" in result.stderr
-    assert sorted(p.name for p in run32.iterdir()) == ["checkpoints", "config.yaml", "metrics.csv"]
+        (line,) = result.stderr.splitlines()  # one line, as every cnnbp error
+        expected = ("error: --format: 'xml' is not one of onnx, npz, json", "error: --ops: 'fast'")
+        assert line.startswith(expected)
+    assert sorted(p.name for p in run32.iterdir()) == RUN_FILES
 
 
 # ---- the files read back by model.init_from (cnnbp train) --------------------------------------------------

@@ -36,49 +36,16 @@ from tests.cli.conftest import (
 runner = CliRunner()
 PLAIN = {"COLUMNS": "80", "NO_COLOR": "1"}
 
-# README, "Example: the default config": the rows' layer, tensor, shape, checked and status, and the whole
-# line of each KINK row (a kink's error and values do not depend on rounding noise; a PASS row's do)
-README_ROWS = [
-    ("input", "input", "4×1×8×8", "256", "KINK"),
-    ("conv1", "W", "16×1×3×3", "144", "PASS"),
-    ("conv1", "b", "16", "16", "KINK"),
-    ("conv1", "delta", "4×16×8×8", "4096", "KINK"),
-    ("conv1.relu", "delta", "4×16×8×8", "4096", "KINK"),
-    ("pool2", "delta", "4×16×4×4", "1024", "PASS"),
-    ("conv3", "W", "32×16×3×3", "4608", "PASS"),
-    ("conv3", "b", "32", "32", "PASS"),
-    ("conv3", "delta", "4×32×4×4", "2048", "PASS"),
-    ("conv3.relu", "delta", "4×32×4×4", "2048", "KINK"),
-    ("pool4", "delta", "4×32×2×2", "512", "PASS"),
-    ("flatten5", "delta", "4×128", "512", "PASS"),
-    ("dense6", "W", "10×128", "1280", "PASS"),
-    ("dense6", "b", "10", "10", "PASS"),
-    ("dense6", "delta", "4×10", "40", "PASS"),
-]
-README_KINK_LINES = [
-    "input      input  4×1×8×8       256 1.8e+00 1,0,1,1   9.564e-3 -1.218e-2 KINK",
-    "conv1      b      16             16 2.0e+00 6         2.019e-2 -1.919e-2 KINK",
-    "conv1      delta  4×16×8×8     4096 1.0e+00 0,0,0,0          0  2.718e-2 KINK",
-    "conv1.relu delta  4×16×8×8     4096 1.0e+00 0,0,0,1          0  2.718e-2 KINK",
-    "conv3.relu delta  4×32×4×4     2048 1.0e+00 0,0,0,1          0 -4.080e-2 KINK",
-]
-README_HEAD = [
-    "gradcheck · the built-in default config · initial weights (seed 0), float32",
-    "layer      tensor shape     checked max err worst at  analytic   numeric status",
-    "─" * 79,
-]
-README_FOOT = [
-    "method     central, eps 6.06e-06 (h = eps·max(1, |v|)), rtol 1e-06, floor",
-    "           3e-04·max(1, |L|)",
-    "inputs     4 of 1,438 training samples of digits (UCI, 1797 images 8×8), drawn",
-    "           with seed 0; indices 73, 586, 721, 1048",
-    "precision  checked in float64 (network is float32)",
-    "CHECKED",  # every element (20,722), 15 tensors, 4 samples in <seconds> s
-    "verdict    PASS: no FAIL; 5 KINK rows (input.input, conv1.b, conv1.delta,",
-    "           conv1.relu.delta, conv3.relu.delta): a perturbation crossed a",
-    "           relu/max/lp kink, where finite differences do not apply (--strict",
-    "           fails them)",
-]
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def readme_example(command: str) -> list[str]:
+    """The lines the README shows under ``$ <command>`` (its fenced block), trailing spaces stripped."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"```\n$ {command}\n") + len(f"```\n$ {command}\n")
+    return [line.rstrip() for line in text[start : text.index("```", start)].splitlines()]
+
+
 COMPLEX_REFUSED = (
     "error: --method complex: needs every layer to be analytic, and these are not: conv1.relu (ReLU), "
     "pool2 (MaxPool), conv3.relu (ReLU), pool4 (MaxPool); use --method auto (complex where possible, "
@@ -144,26 +111,26 @@ def test_default_config_passes_with_a_row_per_tensor_in_the_table(digits_text: s
 
 
 def test_default_config_output_is_the_readme_example(digits_text: str) -> None:
-    """Line for line as README.md shows it, except the numbers rounding noise decides (a PASS row's error,
-    worst element and values) and the time."""
+    """Line for line as README.md shows it, except the numbers rounding noise decides (an error, the worst
+    element and its values) and the time: every row's layer, tensor, shape, count and status, every error
+    within rtol, and the footer (method, inputs, precision, kinks, verdict)."""
     lines = [line.rstrip() for line in digits_text.splitlines()]
-    assert lines[:3] == README_HEAD
-    body, foot = lines[3 : 3 + len(README_ROWS)], lines[3 + len(README_ROWS) :]
-    for line, (layer, tensor, shape, checked, status) in zip(body, README_ROWS, strict=True):
-        cells = line.split()
+    readme = readme_example("cnnbp gradcheck")
+    assert lines[:3] == readme[:3]
+    assert lines[1].split()[-1] == "status" and len(lines) == len(readme)
+    n_rows = 15
+    body, foot = lines[3 : 3 + n_rows], lines[3 + n_rows :]
+    for line, shown in zip(body, readme[3 : 3 + n_rows], strict=True):
+        cells, expected = line.split(), shown.split()
         assert len(cells) == 9, line
-        assert (cells[0], cells[1], cells[2], cells[3], cells[8]) == (layer, tensor, shape, checked, status)
-        assert "(" not in cells[5]  # compact: indices without parentheses
-        if status == "PASS":
-            assert float(cells[4]) < 1e-6
-            assert all(re.fullmatch(r"-?\d\.\d{3}e-?\d+|0", cell) for cell in cells[6:8])  # 4 digits
-            assert float(cells[6]) == pytest.approx(float(cells[7]), rel=2e-3)
-    assert [line for line in body if line.endswith("KINK")] == README_KINK_LINES
-    assert len(foot) == len(README_FOOT)
-    for line, expected in zip(foot, README_FOOT, strict=True):
-        if expected == "CHECKED":
+        assert cells[:4] + cells[8:] == expected[:4] + expected[8:]
+        assert float(cells[4]) < 1e-6 and "(" not in cells[5]  # compact: indices without parentheses
+        assert all(re.fullmatch(r"-?\d\.\d{3}e-?\d+|0", cell) for cell in cells[6:8])  # 4 digits
+    assert {line.split()[8] for line in body} == {"PASS", "KINK"}
+    for line, expected in zip(foot, readme[3 + n_rows :], strict=True):
+        if line.startswith("checked"):
             checked = r"checked    every element \(20,722\), 15 tensors, 4 samples in \d+\.\d\d s"
-            assert re.fullmatch(checked, line), line
+            assert re.fullmatch(checked, line) and re.fullmatch(checked, expected), line
         else:
             assert line == expected
 
@@ -249,7 +216,7 @@ def test_the_command_defaults_to_central(tmp_path: Path) -> None:
 
 
 # ---- kinks, --strict and exit codes ----------------------------------------------------------------------
-def test_relu_at_exactly_zero_is_a_kink_and_strict_fails_it(tmp_path: Path) -> None:
+def test_relu_at_exactly_zero_is_a_kink_checked_at_the_kink(tmp_path: Path) -> None:
     config = write_config(tmp_path, kink_config(), "kink.yaml")
     report = gradcheck_json(config)
     kinks = {key for key, r in rows_by_key(report).items() if r["status"] == "KINK"}
@@ -259,16 +226,37 @@ def test_relu_at_exactly_zero_is_a_kink_and_strict_fails_it(tmp_path: Path) -> N
     result = invoke("gradcheck", config)
     assert result.exit_code == 0, result.output
     assert re.search(r"^hidden\s+b\s.*KINK", result.stdout, re.M)
-    assert re.search(
-        r"verdict\s+PASS: no FAIL; 3 KINK rows \(hidden\.W, hidden\.b, hidden\.delta\)", result.stdout
-    )
+    text = flat(result.stdout)
+    assert "verdict PASS: no FAIL; 3 KINK rows (hidden.W, hidden.b, hidden.delta): elements whose " \
+           "perturbation crossed a relu/max/lp kink, checked at the kink" in text
+    assert re.search(r"kinks \d+ elements crossed a kink: each matches the derivative of the piece", text)
 
+    strict = invoke("gradcheck", config, "--strict")  # KINK elements are checked: --strict passes them
+    assert strict.exit_code == 0, strict.output
+    assert gradcheck_json(config, "--strict")["verdict"] == "PASS"
+
+
+def test_strict_fails_unchecked_elements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the relu's frozen forward the mixed crossings of hidden.W cannot be decided: the row says
+    UNCHECKED, the verdict counts them, exit 0 — and 1 with --strict."""
+    from cnnbp.core import perturb
+    from cnnbp.core.layers import ReLU
+
+    monkeypatch.delitem(perturb.FROZEN, ReLU)
+    config = write_config(tmp_path, kink_config(), "kink.yaml")
+    result = invoke("gradcheck", config)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^hidden\s+W\s.*UNCHECKED", result.stdout, re.M)
+    n = gradcheck_json(config)["unchecked"]
+    text = flat(result.stdout)
+    assert f"{n} element{'s' * (n != 1)} UNCHECKED (hidden.W {n}/9): several kinks at once" in text
+    assert "(--strict fails them)" in text
     strict = invoke("gradcheck", config, "--strict")
     assert strict.exit_code == 1, strict.output
-    assert re.search(r"verdict\s+FAIL \(--strict\): 3 KINK rows", strict.stdout)
-    assert "FAIL (--strict): 3 KINK rows (hidden.W, hidden.b, hidden.delta)" in flat(strict.stdout)
-    strict_json = gradcheck_json(config, "--strict", code=1)
-    assert strict_json["verdict"] == "FAIL" and strict_json["strict"] is True
+    assert f"verdict FAIL (--strict): {n} element{'s' * (n != 1)} UNCHECKED (hidden.W {n}/9)" in flat(
+        strict.stdout
+    )
+    assert gradcheck_json(config, "--strict", code=1)["verdict"] == "FAIL"
 
 
 def test_json_is_the_library_report(tmp_path: Path) -> None:
@@ -459,12 +447,24 @@ def test_verdict_names_the_deciding_rows() -> None:
     assert verdict([row("a")]) == "PASS: every checked element within rtol 1e-06"
     kinks = [row("a"), row("b", status="KINK"), row("c", "delta", status="KINK")]
     assert verdict(kinks) == (
-        "PASS: no FAIL; 2 KINK rows (b.W, c.delta): a perturbation crossed a relu/max/lp kink, where finite "
-        "differences do not apply (--strict fails them)"
+        "PASS: no FAIL; 2 KINK rows (b.W, c.delta): elements whose perturbation crossed a relu/max/lp kink, "
+        "checked at the kink"
     )
-    assert verdict(kinks, strict=True) == "FAIL (--strict): 2 KINK rows (b.W, c.delta)"
-    assert verdict([row("a", status="FAIL"), row("b", status="KINK")]) == (
-        "FAIL: 1 row over rtol 1e-06 (a.W); also 1 KINK row"
+    assert verdict(kinks, strict=True) == verdict(kinks)  # KINK elements are checked
+    gaps = [row("a"), row("b", status="UNCHECKED", n_unchecked=3), row("c", "delta", status="KINK")]
+    assert verdict(gaps) == (
+        "PASS: no FAIL; 1 KINK row (c.delta): elements whose perturbation crossed a relu/max/lp kink, "
+        "checked at the kink; 3 elements UNCHECKED (b.W 3/6): several kinks at once, or too near a point "
+        "of low smoothness (--strict fails them)"
+    )
+    assert verdict(gaps, strict=True) == "FAIL (--strict): 3 elements UNCHECKED (b.W 3/6)"
+    assert verdict([row("a", status="FAIL"), row("b", status="KINK")]) == "FAIL: 1 row over rtol 1e-06 (a.W)"
+    assert verdict([row("a", status="FAIL"), row("b", status="UNCHECKED", n_unchecked=1)]) == (
+        "FAIL: 1 row over rtol 1e-06 (a.W); also 1 element UNCHECKED (b.W 1/6)"
+    )
+    # a row whose every element is unchecked is named, with the count
+    assert "1 element UNCHECKED (b.b 1/1)" in verdict(
+        [row("b", "b", status="UNCHECKED", n_unchecked=1, checked=1, total=1)]
     )
     many = [row(f"layer{i}", status="FAIL") for i in range(10)]
     assert verdict(many) == (
@@ -489,3 +489,91 @@ def test_footer_lines() -> None:
         "checked    9 of 16 elements, 2 tensors, 2 samples in 0.50 s",
         "verdict    PASS: every checked element within rtol 1e-06",
     ]
+
+
+# ---- ties, the directional mode, the progress bar ----------------------------------------------------------
+@pytest.mark.parametrize(("broken", "tensor"), [
+    ({"dw": "dkern[:, :, ::-1, ::-1]"}, "W"), ({"dw": "dkern * 1.01"}, "W"), ({"dw": "dkern * 1.0001"}, "W"),
+])  # fmt: skip
+def test_a_broken_plugin_conv_on_a_network_of_ties_exits_1(
+    tmp_path: Path, broken: dict[str, str], tensor: str
+) -> None:
+    """tests/cli/test_checking_kinks.py's network of ties (integer images and weights, zero biases) with the
+    plugin convolution as c1: ∂W turned by 180°, 1 % off or 1e-4 off — exit 1, FAIL on c1.W alone."""
+    from tests.cli.conftest import pad_conv_source, tie_config, write_plugin
+
+    plugin = write_plugin(tmp_path, pad_conv_source(**broken), name="pad_conv.py")
+    config = write_config(tmp_path, tie_config(plugin, "c1"), "ties.yaml")
+    result = invoke("gradcheck", config, "--method", "central")
+    assert result.exit_code == 1, result.output
+    failing = [line.split()[:2] for line in result.stdout.splitlines() if line.rstrip().endswith("FAIL")]
+    assert failing == [["c1", tensor]]
+    assert "verdict FAIL: 1 row over rtol 1e-06 (c1.W)" in flat(result.stdout)
+
+
+def test_directional_mode_in_the_table_and_footer() -> None:
+    result = invoke("gradcheck", "--mode", "directional", "--directions", "5")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert re.search(r"^dense6\s+b\s+10\s+5 dirs\s+\S+\s+u[0-4]\s.*PASS\s*$", out, re.M)
+    assert re.search(r"^conv1\s+b\s+16\s+16/16\s.*KINK\s*$", out, re.M)  # crossed a kink: 16 elements
+    text = flat(out)
+    assert "checked 5 random directions per tensor, 15 tensors, 4 samples in" in text
+    assert "some elements, as a direction crossed a kink: input.input, conv1.b," in text
+    report = gradcheck_json("--mode", "directional", "--directions", "5")
+    assert report["mode"] == "directional" and report["directions"] == 5
+
+
+def test_directional_mode_names_the_wrong_element(wrong_dense_w: dict[str, tuple[int, ...]]) -> None:
+    result = invoke("gradcheck", "--mode", "directional")
+    assert result.exit_code == 1, result.output
+    i, j = wrong_dense_w["index"]
+    assert re.search(rf"^dense6\s+W\s.*\b1280\b.*\s{i},{j}\s.*FAIL\s*$", result.stdout, re.M), result.stdout
+    assert "every element after a failed direction: dense6.W" in flat(result.stdout)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--directions", "4"], "error: --directions: only with --mode directional"),
+    (["--mode", "directional", "--all"], "error: --mode directional: checks whole tensors; drop --all"),
+    (["--mode", "directional", "--per-tensor", "3"],
+     "error: --mode directional: checks whole tensors; drop --per-tensor"),
+])  # fmt: skip
+def test_directional_option_errors(args: list[str], line: str) -> None:
+    assert one_error_line(invoke("gradcheck", *args)) == line
+
+
+def test_no_progress_bar_off_a_terminal_or_with_json() -> None:
+    for args in (["--layer", "dense6"], ["--layer", "dense6", "--json"]):
+        result = invoke("gradcheck", *args)
+        assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_progress_bar_on_a_terminal_goes_to_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar counts elements done of all on stderr (rich, transient); stdout has the report
+    alone; with --json no bar at all."""
+    buffer = io.StringIO()
+
+    def terminal() -> Console:
+        return Console(file=buffer, force_terminal=True, width=80, stderr=True)
+
+    monkeypatch.setattr(command, "stderr_console", terminal)
+    result = invoke("gradcheck", "--layer", "dense6")
+    assert result.exit_code == 0, result.output
+    drawn = buffer.getvalue()
+    assert "checking gradients" in drawn and "/1,330 elements" in drawn and "eta" in drawn
+    assert "1,330/1,330 elements" in drawn
+    assert "checking gradients" not in result.stdout and "verdict" in result.stdout
+    buffer.seek(0)
+    buffer.truncate()
+    assert invoke("gradcheck", "--layer", "dense6", "--json").exit_code == 0
+    assert buffer.getvalue() == ""
+
+
+def test_progress_bar_unit_follows_the_mode() -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=80)
+    with command.progress_bar(console, "directions") as update:
+        update(3, 48)
+        update(48, 48)
+    assert "48/48 directions" in buffer.getvalue()

@@ -132,3 +132,69 @@ def test_results_survive_later_calls_and_match_a_fresh_layer(make) -> None:
 def test_backward_before_forward(layer: Layer) -> None:
     """backward() before any forward() raises RuntimeError."""
     shared.assert_backward_before_forward_raises(layer, (1, 4, 4))
+
+
+# ---- every path of the convolution code (issue 14) ----------------------------------------------------
+# conv.py runs stride 1 with several input channels over "wide rows" (a zero-padded copy of the input,
+# junk columns cropped in forward and never reached in backward: the path of the default network's conv3)
+# and everything else row by row ("strided"); ∂L/∂x is col2im over wide rows or strided windows, cropped by
+# the padding; backward_params skips ∂L/∂x.  (in_channels, H, W, filters, kernel, stride, padding, bias, n)
+PATH_CASES = [
+    (16, 4, 4, 32, 3, 1, 1, "tied", 2),  # the default digits network's conv3: stride 1, 16 channels, pad 1
+    (3, 6, 5, 4, 3, 1, 1, "tied", 2),  # wide rows, padded
+    (2, 5, 7, 3, (2, 3), 1, (1, 2), "tied", 3),  # wide rows, asymmetric padding, non-square kernel
+    (4, 4, 4, 2, 3, 1, 2, "untied", 2),  # wide rows, padding 2: the border outputs see padding only
+    (2, 3, 5, 2, 1, 1, 1, "untied", 1),  # wide rows, 1×1 kernel on a padded border
+    (3, 5, 6, 2, (3, 2), 1, 0, "untied", 2),  # wide rows, no padding, untied bias
+    (1, 6, 6, 3, 3, 1, 1, "tied", 2),  # one channel: row by row, padded
+    (3, 7, 6, 2, 3, (1, 2), 1, "tied", 2),  # several channels but stride (1, 2): row by row
+]
+
+
+def path_id(case: tuple) -> str:
+    c, h, w, f, k, s, p, bias, n = case
+    return f"c{c}_{h}x{w}_f{f}_k{k}_s{s}_p{p}_{bias}_n{n}".replace(" ", "")
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=path_id)
+def test_every_conv_path_matches_finite_differences(case: tuple, rng: np.random.Generator) -> None:
+    """∂L/∂X, ∂L/∂W and ∂L/∂b on each path, the padding crop of the stride-1 multi-channel one included."""
+    c, h, w, f, k, s, p, bias, n = case
+    layer = shared.build(Conv2D(f, k, stride=s, padding=p, bias=bias), (c, h, w), rng)
+    check_layer("conv_paths", layer, rng.standard_normal((n, c, h, w)), rng)
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=path_id)
+def test_every_conv_path_matches_the_loop_reference(case: tuple, rng: np.random.Generator) -> None:
+    c, h, w, f, k, s, p, bias, n = case
+    layer = shared.build(Conv2D(f, k, stride=s, padding=p, bias=bias), (c, h, w), rng)
+    assert isinstance(layer, Conv2D)
+    x = rng.standard_normal((n, c, h, w))
+    d = rng.standard_normal((n, *layer.output_shape((c, h, w))))
+    W, b = layer.params["W"], layer.params["b"]
+
+    def backward(xi: np.ndarray, di: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        rdx, rdW, rdb = ref.conv_backward(xi, W, di, layer.stride, layer.padding, bias == "tied")
+        return rdx, {"W": rdW, "b": rdb}
+
+    def forward(xi: np.ndarray) -> np.ndarray:
+        return ref.conv_forward(xi, W, b, layer.stride, layer.padding)
+
+    shared.assert_matches_reference(layer, x, d, forward, backward)
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=path_id)
+def test_backward_params_gives_the_gradients_backward_gives(case: tuple, rng: np.random.Generator) -> None:
+    """The first layer in training skips ∂L/∂x (``backward_params``): the same ∂L/∂W and ∂L/∂b, bit for
+    bit."""
+    c, h, w, f, k, s, p, bias, n = case
+    layer = shared.build(Conv2D(f, k, stride=s, padding=p, bias=bias), (c, h, w), rng)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, *layer.output_shape((c, h, w))))
+    layer.forward(x)
+    layer.backward(dy)
+    full = {key: g.copy() for key, g in layer.grads.items()}
+    layer.forward(x)
+    layer.backward_params(dy)
+    for key, g in full.items():
+        np.testing.assert_array_equal(layer.grads[key], g)

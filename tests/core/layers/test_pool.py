@@ -209,3 +209,27 @@ def test_results_survive_later_calls_and_match_a_fresh_layer(make) -> None:
 def test_backward_before_forward(layer: Layer) -> None:
     """backward() before any forward() raises RuntimeError."""
     shared.assert_backward_before_forward_raises(layer, (1, 4, 4))
+
+
+def test_max_pool_tie_gives_each_tied_entry_one_of_its_one_sided_derivatives() -> None:
+    """The tie rule asserted against one-sided difference quotients of the max (written here): raising the
+    first of two tied entries makes it the maximum (right derivative = the window's δ), lowering it hands
+    the window to the second (left derivative 0); the engine gives the first its right derivative and the
+    second its left one (0) — the first maximum in row-major order takes the gradient."""
+    x = np.array([[[[4.0, 1.0, 4.0], [0.0, 4.0, 2.0]]]])  # one 2×3 window, maxima at offsets 0, 2, 4
+    layer = MaxPool((2, 3))
+    layer.build((1, 2, 3), np.random.default_rng(0), np.float64)
+    layer.forward(x)
+    dx = layer.backward(np.array([[[[7.0]]]]))
+    h = 0.25  # the max is piecewise linear: any step below the gaps (1.0) is exact, a power of 2 rounds not
+
+    def one_sided(i: tuple[int, ...], sign: float) -> float:
+        moved = x.copy()
+        moved[(0, 0, *i)] += sign * h
+        return 7.0 * (moved.max() - x.max()) / (sign * h)
+
+    for i, value in [((0, 0), 7.0), ((0, 2), 0.0), ((1, 1), 0.0)]:
+        assert dx[(0, 0, *i)] == value
+        assert value in (one_sided(i, -1.0), one_sided(i, 1.0))
+    assert (one_sided((0, 0), 1.0), one_sided((0, 0), -1.0)) == (7.0, 0.0)
+    assert dx.sum() == 7.0
