@@ -44,6 +44,7 @@ from cnnbp.core.layers import Layer
 from cnnbp.core.losses import LOSSES, Loss
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.core.optim import OPTIMIZERS, Optimizer
+from cnnbp.core.parallel import Threads
 from cnnbp.core.registry import LAYERS
 from cnnbp.core.schedules import SCHEDULES, Schedule
 from cnnbp.data import PATH_SOURCES, DataSpec
@@ -117,6 +118,7 @@ class TrainSpec:
 
     epochs: int = 10
     batch_size: int = 32
+    threads: Threads = "auto"  # shards per batch, or "auto" (cnnbp.core.parallel.shard_count)
     optimizer: str = "sgd"
     hyper: dict[str, Any] = field(default_factory=lambda: {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
     shuffle: bool = True
@@ -307,7 +309,8 @@ def _train(t: Any) -> tuple[TrainSpec, dict]:
     hyper = {p.name: _plain(given[p.name]) for p in hyper_params(opt)}
     stopping = given["early_stopping"]
     spec = TrainSpec(
-        epochs=given["epochs"], batch_size=given["batch_size"], optimizer=given["optimizer"], hyper=hyper,
+        epochs=given["epochs"], batch_size=given["batch_size"], threads=given["threads"],
+        optimizer=given["optimizer"], hyper=hyper,
         shuffle=given["shuffle"], divergence_factor=given["divergence_factor"], schedule=given["schedule"],
         early_stopping=EarlyStoppingSpec(**stopping) if stopping is not None else None,
     )  # fmt: skip

@@ -547,6 +547,14 @@ def schedule_union() -> Any:
 _TRAIN_FIRST = {
     "epochs": (Value(PositiveInt, "passes over the training set"), 10),
     "batch_size": (Value(PositiveInt, "samples per update"), 32),
+    "threads": (
+        Value(
+            PositiveInt | Literal["auto"],
+            "shards each batch is cut into, computed in parallel; the numbers depend on it, never on the "
+            "CPUs (auto: 2 for a large network, else 1)",
+        ),
+        "auto",
+    ),
 }
 _TRAIN_LAST = {
     "shuffle": (Value(bool, "a new seeded order every epoch"), True),

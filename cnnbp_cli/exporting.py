@@ -230,6 +230,7 @@ class ExportReport:
     tolerance: float | None = None
     output_scale: float | None = None  # max(1, max |engine output|), ONNX only
     ok: bool = True
+    buffers: int = 0  # state buffers compared bit for bit (NPZ, JSON: batchnorm's running statistics)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain data (the ``--json`` document)."""
@@ -312,6 +313,7 @@ def _verify(src: Source, fmt: str, file: Path, report: ExportReport) -> None:
         exact, diff = verify_params_file(src, fmt, file, x)
         report.tolerance = 0.0
         report.ok = exact
+        report.buffers = sum(len(group) for group in src.net.state().values())
     report.verified, report.samples, report.inputs, report.max_abs_diff = True, len(x), kind, diff
 
 

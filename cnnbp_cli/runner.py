@@ -380,7 +380,7 @@ class _Fit:
         self.cfg, self.data, self.run_dir, self.callbacks, self.stop = cfg, data, run_dir, callbacks, stop
         self.trainer = Trainer(
             session.net, session.loss, session.optimizer, batch_size=t.batch_size, shuffle=t.shuffle,
-            seed=cfg.seed, divergence_factor=t.divergence_factor,
+            seed=cfg.seed, divergence_factor=t.divergence_factor, threads=t.threads,
         )  # fmt: skip
         self.schedule, self.base_lr = build_schedule(cfg), t.lr
         self.n = data.x_train.shape[0]
@@ -484,13 +484,14 @@ class _Fit:
         return self.save(p.epoch, {}, interrupted=True, progress=p)
 
     def status(self, state: str, reason: str | None = None, **fields: object) -> None:
-        """Rewrite ``status.json``: the state, why it stopped, where it stands, the best epoch."""
+        """Rewrite ``status.json``: the state, why it stopped, where it stands, the best epoch, and the
+        shards each batch is cut into (``train.threads``)."""
         monitor = self.cfg.record.monitor
         top = {"monitor": monitor, "epoch": self.best[0], "value": self.best[1]} if self.best else None
         epoch = int(self.rows[-1]["epoch"]) if self.rows else 0
         val = {"samples": int(self.data.x_val.shape[0]), "test_split": bool(self.data.val_is_test)}
         fields = {"epoch": epoch, "step": self.trainer.step, "epochs": self.cfg.train.epochs, "best": top,
-                  "val": val, **fields}  # fmt: skip
+                  "val": val, "shards": self.trainer.shards, **fields}  # fmt: skip
         write_status(self.run_dir, state, reason=reason, **fields)
 
     # ---- epochs ---------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ Running a sweep again continues it: finished trials are skipped, interrupted one
 last checkpoint (:func:`cnnbp.resume`), a failed one is tried once more, a diverged one is kept (the
 same config diverges the same way).  A trial that diverges or fails is recorded with its one-line
 reason and the others go on.  Trials run on a local Dask cluster of worker processes (one trial and
-one BLAS thread each) or on an existing cluster (``scheduler``).  A first SIGINT/SIGTERM asks every
-running trial to save its state and stop; a second stops at once.  Dask is an optional extra
-(``pip install 'cnnbp[sweep]'``): only running trials needs it.
+one BLAS thread each) or on an existing cluster (``scheduler``); a trial keeps its config's shards
+(``train.threads``) but runs them on one CPU, so its numbers are those of ``cnnbp train``.  A first
+SIGINT/SIGTERM asks every running trial to save its state and stop; a second stops at once.  Dask is
+an optional extra (``pip install 'cnnbp[sweep]'``): only running trials needs it.
 """
 
 from __future__ import annotations
@@ -740,6 +741,7 @@ def run_trial(job: Job) -> dict[str, Any]:
     """Train (or resume) one trial on a worker and report how it ended; never raises for a trial's own
     problems: ``status`` is finished, diverged, failed, interrupted, or pending (stopped before it began)."""
     from cnnbp.api import resume, train
+    from cnnbp.core.parallel import cpu_limit
     from cnnbp.core.trainer import Diverged
     from cnnbp.runner import Interrupted
 
@@ -749,11 +751,14 @@ def run_trial(job: Job) -> dict[str, Any]:
         return {"status": "pending", "seconds": 0.0, "worker": _worker_name(), "reason": ""}
     status, reason = "finished", ""
     try:
-        if job.resume:
-            resume(run_dir, out=run_dir.parent, epochs=job.epochs, callbacks=[watch])
-        else:
-            _clear_leftover(run_dir)
-            train(job.config, out=run_dir.parent, callbacks=[watch])
+        # a worker per CPU already: the shards of train.threads run one after the other on this thread
+        # (no helper process, no thread), with the same numbers as on several
+        with cpu_limit(1):
+            if job.resume:
+                resume(run_dir, out=run_dir.parent, epochs=job.epochs, callbacks=[watch])
+            else:
+                _clear_leftover(run_dir)
+                train(job.config, out=run_dir.parent, callbacks=[watch])
     except Interrupted as e:  # said within the trial's folder: its own path is the row's trial
         saved = f"; saved checkpoints/{e.checkpoint.name}" if e.checkpoint else ""
         status, reason = "interrupted", f"interrupted in epoch {e.epoch} at step {e.step}{saved}"

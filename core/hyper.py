@@ -253,7 +253,8 @@ def _describe_one(kind: Any, bound: Bound | None, after_int: bool) -> str:
     if kind is str:
         return "a string"
     if get_origin(kind) is Literal:
-        return "one of " + ", ".join(str(c) for c in get_args(kind))
+        choices = [str(c) for c in get_args(kind)]
+        return choices[0] if len(choices) == 1 else "one of " + ", ".join(choices)
     if get_origin(kind) is tuple:
         items = get_args(kind)
         if items and all(t is int for t in items) and len(items) == 2:

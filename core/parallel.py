@@ -24,6 +24,7 @@ draw from a generator per shard (the trainer derives it from (seed, step, shard)
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import ctypes
 import ctypes.util
@@ -38,7 +39,8 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -93,12 +95,31 @@ def shard_count(threads: Threads, net: Sequential, batch_size: int) -> int:
     return max(1, min(threads, batch_size))
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is missing)."""
+#: a cap on :func:`usable_cpus` set by :func:`cpu_limit`; a context variable, so each thread has its own
+_CPU_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("cnnbp_cpu_limit", default=None)
+
+
+@contextmanager
+def cpu_limit(n: int) -> Iterator[None]:
+    """Within the block, on this thread, :func:`usable_cpus` is at most ``n``: with 1 the shards run one
+    after the other on the calling thread (no helper process, no thread), with the same numbers.  For
+    callers that already run one job per CPU (a sweep's workers)."""
+    token = _CPU_LIMIT.set(max(1, int(n)))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        yield
+    finally:
+        _CPU_LIMIT.reset(token)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is missing),
+    at most :func:`cpu_limit`'s."""
+    try:
+        n = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    limit = _CPU_LIMIT.get()
+    return n if limit is None else min(n, limit)
 
 
 def free_cpus() -> int:
@@ -699,13 +720,17 @@ class Pace:
     """Chooses how many threads (or processes) run the shards, from step times it measures (seconds per
     sample).
 
-    It tries every count from ``most`` down to 1 for ``trial`` steps each, keeps the fastest (median),
+    It tries every count from ``most`` down to 1 for ``trial`` steps each, keeps the fastest (median;
+    of counts within :attr:`TIE` of it, the largest),
     and tries again after ``period`` steps — the period doubling while the choice stays, back to its
     start when it changes — and at once when the chosen count gets 30 % slower than it measured (the
     machine got busier).  The first ``warmup`` steps, and the first step after every change of count
     (caches to fill, a helper process to start), are not counted.  The count never changes a result
     (see the module's docstring), only the time.
     """
+
+    #: counts this much slower than the fastest are as good as it (the more threads kept)
+    TIE = 0.05
 
     def __init__(self, most: int, *, trial: int = 5, period: int = 100, warmup: int = 3) -> None:
         self.most = max(1, most)
@@ -749,7 +774,10 @@ class Pace:
 
     def _decide(self) -> None:
         medians = {n: statistics.median(v) for n, v in self._seen.items()}
-        best = min(medians, key=lambda n: (medians[n], n))
+        # the most threads within TIE of the fastest: a count is dropped only when it is clearly slower,
+        # not because five noisy steps happened to favour fewer threads
+        fastest = min(medians.values())
+        best = max(n for n, t in medians.items() if t <= (1 + self.TIE) * fastest)
         self.period = 2 * self.period if best == self.chosen else self.base_period
         self.chosen, self._ref = best, medians[best]
         self._recent, self._since = [], 0

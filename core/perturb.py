@@ -489,51 +489,64 @@ class Perturber:
         obs = Obs.zeros(b)
         real = dtype is not np.complex128
         for st in plan.steps:
-            layer = self.layers[st.j]
-            freeze = self._freezer(st.j) if self.frozen and self.kinky[st.j] else None
-            if not st.window:
-                inp = box
-                ref = self._box(self.acts[st.j], n, y0, x0, *inp.shape[2:])
-                if self.rough[st.j] is not None and real:
-                    dist = self._box(self.rough[st.j], n, y0, x0, *inp.shape[2:])
-                    np.maximum(obs.rho, _distance_ratio(inp - ref, dist, b), out=obs.rho)
-                if freeze is not None:
-                    ref_sig = self.ref_sigs[st.j]
-                    assert ref_sig is not None
-                    box = freeze(layer, inp, self._box(ref_sig, n, y0, x0, *inp.shape[2:]))
-                    continue
-                box = layer.forward(inp)
-                if self.kinky[st.j]:
-                    sig = np.asarray(layer.kink_signature())
-                    aligned = (sig, n, y0, x0) if self._aligned(st.j, sig, box.shape) else None
-                    self._local_kinks(st.j, inp, sig, ref, obs, aligned)
-                continue
-            (kh, kw), (sh, sw), (ph, pw), (q0h, q0w), (obh, obw) = st.k, st.s, st.p, st.q0, st.ob
-            ho, wo = self.acts[st.j + 1].shape[2:]
-            oy = np.clip(_ceil_div(y0 + ph - kh + 1, sh), 0, ho - obh)
-            ox = np.clip(_ceil_div(x0 + pw - kw + 1, sw), 0, wo - obw)
-            ref = self._box(self._padded_ref(st), n, oy * sh, ox * sw, *st.crop)
-            crops = ref.astype(dtype)
-            _paste(crops, box, y0 + (q0h - oy) * sh, x0 + (q0w - ox) * sw)
-            if self.rough[st.j] is not None and real:
-                dist = self._box(self._padded_ref(st, "rough"), n, oy * sh, ox * sw, *st.crop)
-                np.maximum(obs.rho, _distance_ratio(crops - ref, dist, b), out=obs.rho)
-            if freeze is not None:
-                out = freeze(layer, crops, self._crop_state(st, n, oy, ox, crops.shape))
-                box, y0, x0 = out[:, :, q0h : q0h + obh, q0w : q0w + obw], oy, ox
-                continue
-            out = layer.forward(crops)
-            box = out[:, :, q0h : q0h + obh, q0w : q0w + obw]
-            if self.kinky[st.j]:
-                sig = np.asarray(layer.kink_signature())
-                aligned = None
-                if self._aligned(st.j, sig, out.shape):
-                    aligned = (sig[:, :, q0h : q0h + obh, q0w : q0w + obw], n, oy, ox)
-                self._local_kinks(st.j, crops, sig, ref, obs, aligned)
-            y0, x0 = oy, ox
+            if st.window:
+                box, y0, x0 = self._window_step(st, box, n, y0, x0, obs, real, dtype)
+            else:
+                box = self._pointwise_step(st, box, n, y0, x0, obs, real)
         full = self.acts[plan.stop][n].astype(dtype)
         _paste(full, box, y0, x0)
         return full, obs
+
+    def _pointwise_step(
+        self, st: _Step, box: np.ndarray, n: np.ndarray, y0: np.ndarray, x0: np.ndarray, obs: Obs, real: bool
+    ) -> np.ndarray:
+        """One local step through a layer without a window (element-wise): the box's new values."""
+        layer = self.layers[st.j]
+        ref = self._box(self.acts[st.j], n, y0, x0, *box.shape[2:])
+        if self.rough[st.j] is not None and real:
+            dist = self._box(self.rough[st.j], n, y0, x0, *box.shape[2:])
+            np.maximum(obs.rho, _distance_ratio(box - ref, dist, box.shape[0]), out=obs.rho)
+        freeze = self._freezer(st.j) if self.frozen and self.kinky[st.j] else None
+        if freeze is not None:
+            ref_sig = self.ref_sigs[st.j]
+            assert ref_sig is not None
+            return freeze(layer, box, self._box(ref_sig, n, y0, x0, *box.shape[2:]))
+        out = layer.forward(box)
+        if self.kinky[st.j]:
+            sig = np.asarray(layer.kink_signature())
+            aligned = (sig, n, y0, x0) if self._aligned(st.j, sig, out.shape) else None
+            self._local_kinks(st.j, box, sig, ref, obs, aligned)
+        return out
+
+    def _window_step(
+        self, st: _Step, box: np.ndarray, n: np.ndarray, y0: np.ndarray, x0: np.ndarray, obs: Obs, real: bool,
+        dtype: type,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """One local step through a windowed layer: the box of outputs its input box reaches, and that
+        box's corner (y0, x0) in the layer's output."""
+        layer = self.layers[st.j]
+        (kh, kw), (sh, sw), (ph, pw), (q0h, q0w), (obh, obw) = st.k, st.s, st.p, st.q0, st.ob
+        ho, wo = self.acts[st.j + 1].shape[2:]
+        oy = np.clip(_ceil_div(y0 + ph - kh + 1, sh), 0, ho - obh)
+        ox = np.clip(_ceil_div(x0 + pw - kw + 1, sw), 0, wo - obw)
+        ref = self._box(self._padded_ref(st), n, oy * sh, ox * sw, *st.crop)
+        crops = ref.astype(dtype)
+        _paste(crops, box, y0 + (q0h - oy) * sh, x0 + (q0w - ox) * sw)
+        if self.rough[st.j] is not None and real:
+            dist = self._box(self._padded_ref(st, "rough"), n, oy * sh, ox * sw, *st.crop)
+            np.maximum(obs.rho, _distance_ratio(crops - ref, dist, box.shape[0]), out=obs.rho)
+        freeze = self._freezer(st.j) if self.frozen and self.kinky[st.j] else None
+        if freeze is not None:
+            out = freeze(layer, crops, self._crop_state(st, n, oy, ox, crops.shape))
+            return out[:, :, q0h : q0h + obh, q0w : q0w + obw], oy, ox
+        out = layer.forward(crops)
+        if self.kinky[st.j]:
+            sig = np.asarray(layer.kink_signature())
+            aligned = None
+            if self._aligned(st.j, sig, out.shape):
+                aligned = (sig[:, :, q0h : q0h + obh, q0w : q0w + obw], n, oy, ox)
+            self._local_kinks(st.j, crops, sig, ref, obs, aligned)
+        return out[:, :, q0h : q0h + obh, q0w : q0w + obw], oy, ox
 
     def _crop_state(
         self, st: _Step, n: np.ndarray, oy: np.ndarray, ox: np.ndarray, crop_shape: tuple[int, ...]

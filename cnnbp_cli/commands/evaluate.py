@@ -16,23 +16,18 @@ from cnnbp.commands import options
 from cnnbp.evaluating import Evaluation, evaluate
 from cnnbp.plugins import load_option
 from cnnbp.render import termplot as tp
-from cnnbp.render.console import pct, stdout_console, wrap_pairs
+from cnnbp.render.console import pct, print_report, wrap_pairs
 
-_RUN_HELP = "A run folder (or its checkpoints/ folder, or one checkpoint file)."
 _DATA_HELP = (
     "Other data: a config file (its data section), an .npz or HDF5 file or an IDX folder (scaled by the "
     "run's data.scale). Default: the run's validation split."
 )
-_CHECKPOINT_HELP = "Epoch number, 'last' or 'best'. Default: best (last when the run has no validation data)."
 _SPLITS = {"val": "the validation split", "test": "the test split", "all": "all samples"}
 
 
 def evaluate_command(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help=_RUN_HELP, show_default=False)],
-    checkpoint: Annotated[
-        str | None,
-        typer.Option("--checkpoint", "-c", metavar="N|last|best", help=_CHECKPOINT_HELP, show_default=False),
-    ] = None,
+    run: options.RunArg,
+    checkpoint: options.BestCheckpoint = None,
     data: Annotated[
         Path | None, typer.Option("--data", metavar="CONFIG-OR-PATH", help=_DATA_HELP, show_default=False)
     ] = None,
@@ -45,10 +40,7 @@ def evaluate_command(
     if json_out:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return
-    console = stdout_console()
-    width = console.width if console.is_terminal else 80
-    for line in report_lines(result, width):
-        console.print(line, soft_wrap=True)
+    print_report(lambda width: report_lines(result, width))
 
 
 def report_lines(r: Evaluation, width: int = 80) -> list[Text]:

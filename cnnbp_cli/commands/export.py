@@ -100,10 +100,8 @@ def report_lines(r: ExportReport | TensorBoardReport) -> list[Text]:
             )
         else:
             same = "bit-identical" if r.ok else "not bit-identical"
-            text = (
-                f"file read back vs engine on {inputs}: weights and outputs {same}, "
-                f"max |diff| {diff} {verdict}"
-            )
+            what = "weights, buffers and outputs" if r.buffers else "weights and outputs"
+            text = f"file read back vs engine on {inputs}: {what} {same}, max |diff| {diff} {verdict}"
         rows.append(("verify", text))
     width = max(len(k) for k, _ in rows) + 2
     return [Text.assemble((k.ljust(width), "bold"), v) for k, v in rows]

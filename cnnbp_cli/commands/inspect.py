@@ -50,7 +50,7 @@ from cnnbp.health import parse_thresholds
 from cnnbp.plugins import load_option
 from cnnbp.render import termplot as tp
 from cnnbp.render.compare import print_compare, print_compare_health
-from cnnbp.render.console import pct, shape_text, stderr_console, wrap_pairs
+from cnnbp.render.console import pct, plural, shape_text, stderr_console, wrap_pairs
 from cnnbp.render.health import print_health, print_health_all
 from cnnbp.render.sweep import print_sweep
 from cnnbp.runs import METRIC_COLUMNS
@@ -201,11 +201,6 @@ def _plugins_text(plugins: list[dict[str, str]], width: int) -> str:
     return ", ".join(f"{tp.clip_left(p['path'], room)} ({str(p.get('sha256', ''))[:12]})" for p in plugins)
 
 
-def _plural(n: int, word: str) -> str:
-    """``1 probe sample``, ``8 probe samples``."""
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 # ---- views: text --------------------------------------------------------------------------------------
 
 
@@ -248,7 +243,7 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
     n = run["probe_samples"]
     notes = [
         "‖θ‖, ‖∂L/∂θ‖: L2 norm over all of a layer's parameters (weights and biases)",
-        f"mean|δ|, max|δ|: over every element of δ for the {_plural(n, 'probe sample')}",
+        f"mean|δ|, max|δ|: over every element of δ for the {plural(n, 'probe sample')}",
     ]
     _print_lines(console, [Text(x, style="dim") for x in tp.pack(notes, style.width, sep="; ")])
     print_curves(console, data["metrics"], style, data.get("steps"))
@@ -478,7 +473,7 @@ def print_params(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
     source = ck.grads if which == "grads" else ck.weights
     _print_lines(console, _ck_lines(ck, style.width))
     if which == "grads":
-        probes = _plural(ins.probe_count(ck), "probe sample")
+        probes = plural(ins.probe_count(ck), "probe sample")
         note = f"∂L/∂θ: gradient of the mean loss over the {probes} at these weights"
         _print_lines(console, [Text(tp.clip(note, style.width), style="dim")])
     if not data["layers"] or not any(entry["params"] for entry in data["layers"]):

@@ -3,6 +3,7 @@ never import each other)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,26 @@ Checkpoint = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+#: a run to read (evaluate, predict): its folder, checkpoints/ folder or one checkpoint file
+RunArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="RUN",
+        help="A run folder (or its checkpoints/ folder, or one checkpoint file).",
+        show_default=False,
+    ),
+]
+#: ``--checkpoint`` for commands that use a trained network, so default to the best one
+BestCheckpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        metavar="N|last|best",
+        help="Epoch number, 'last' or 'best'. Default: best (last when the run has no validation data).",
+        show_default=False,
+    ),
+]
 
 
 def check_sets(values: list[str] | None) -> list[str] | None:

@@ -14,21 +14,16 @@ from rich.text import Text
 from cnnbp.commands import options
 from cnnbp.plugins import load_option
 from cnnbp.predicting import Prediction, predict
-from cnnbp.render.console import pct, stdout_console, wrap_pairs
+from cnnbp.render.console import pct, print_report, wrap_pairs
 
-_RUN_HELP = "A run folder (or its checkpoints/ folder, or one checkpoint file)."
 _INPUT_HELP = "An .npz (key x), IDX or HDF5 (dataset x) file, or an image (PNG, JPEG; needs cnnbp[image])."
-_CHECKPOINT_HELP = "Epoch number, 'last' or 'best'. Default: best (last when the run has no validation data)."
 _TOP = 3  # classes shown per sample when all of them do not fit the width
 
 
 def predict_command(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help=_RUN_HELP, show_default=False)],
+    run: options.RunArg,
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help=_INPUT_HELP, show_default=False)],
-    checkpoint: Annotated[
-        str | None,
-        typer.Option("--checkpoint", "-c", metavar="N|last|best", help=_CHECKPOINT_HELP, show_default=False),
-    ] = None,
+    checkpoint: options.BestCheckpoint = None,
     json_out: options.Json = False,
     plugins: options.Plugins = None,
 ) -> None:
@@ -38,10 +33,7 @@ def predict_command(
     if json_out:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return
-    console = stdout_console()
-    width = console.width if console.is_terminal else 80
-    for line in report_lines(result, width):
-        console.print(line, soft_wrap=True)
+    print_report(lambda width: report_lines(result, width))
 
 
 def report_lines(p: Prediction, width: int = 80) -> list[Text]:

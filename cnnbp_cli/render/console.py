@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -38,6 +38,13 @@ def print_error(message: str, console: Console | None = None) -> None:
     console = console or stderr_console()
     # soft_wrap keeps a long message on one line instead of folding it at the terminal width
     console.print(f"error: {escape(message)}", style="red", soft_wrap=True)
+
+
+def print_report(lines: Callable[[int], Sequence[Text | str]]) -> None:
+    """Print ``lines(width)`` on stdout, each line as made: the terminal's width, 80 in a pipe."""
+    console = stdout_console()
+    for line in lines(console.width if console.is_terminal else 80):
+        console.print(line, soft_wrap=True)
 
 
 def shape_text(shape: Sequence[int]) -> str:

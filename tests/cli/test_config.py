@@ -140,8 +140,9 @@ def test_default_resolved_has_every_default_filled_in() -> None:
     }  # fmt: skip
     assert r["model"]["layers"][4] == {"type": "flatten", "name": "flatten5"}
     assert r["model"]["layers"][5]["init"] == {"W": "glorot_uniform", "b": "zeros"}
-    assert list(r["train"]) == ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                                "shuffle", "divergence_factor", "schedule", "early_stopping"]
+    assert list(r["train"]) == ["epochs", "batch_size", "threads", "optimizer", "lr", "momentum",
+                                "weight_decay", "shuffle", "divergence_factor", "schedule", "early_stopping"]
+    assert r["train"]["threads"] == "auto"
     assert r["train"]["optimizer"] == "sgd"
     assert (r["train"]["schedule"], r["train"]["early_stopping"]) == (None, None)
     assert r["record"] == {"probe": 8, "every": 1, "monitor": "val_loss", "keep": "all", "tensorboard": False}
@@ -245,9 +246,11 @@ def test_overrides_apply_before_validation_and_appear_in_resolved() -> None:
             "model.layers[1].size=3",
             "data.limit=100",
             "train.divergence_factor=4",
+            "train.threads=3",
             "loss=mse",
         ],
     )
+    assert cfg.train.threads == 3 and cfg.resolved["train"]["threads"] == 3
     assert cfg.train.lr == 0.05 and cfg.resolved["train"]["lr"] == 0.05
     assert cfg.train.shuffle is False and cfg.resolved["train"]["shuffle"] is False
     layers = cfg.resolved["model"]["layers"]
@@ -489,8 +492,8 @@ def test_bad_init_values(init, message: str) -> None:
          "model.layers[2].units: unknown key for a flatten layer (allowed: type, name)"),
         ("train", {"learning_rate": 0.1},
          "train.learning_rate: unknown key "
-         "(allowed: epochs, batch_size, optimizer, lr, momentum, weight_decay, shuffle, divergence_factor, "
-         "schedule, early_stopping)"),
+         "(allowed: epochs, batch_size, threads, optimizer, lr, momentum, weight_decay, shuffle, "
+         "divergence_factor, schedule, early_stopping)"),
         ("record", {"probes": 3}, "record.probes: unknown key (did you mean 'probe'?)"),
         # wrong types, out of range
         ("seed", -1, "seed: expected an integer ≥ 0, got -1"),
@@ -509,6 +512,11 @@ def test_bad_init_values(init, message: str) -> None:
         ("train", {"shuffle": "yes"}, "train.shuffle: expected true or false, got 'yes'"),
         ("train", {"divergence_factor": 0},
          "train.divergence_factor: expected a number > 0 (or null), got 0"),
+        ("train", {"threads": 0}, "train.threads: expected an integer ≥ 1 or auto, got 0"),
+        ("train", {"threads": True}, "train.threads: expected an integer ≥ 1 or auto, got true"),
+        ("train", {"threads": 2.0}, "train.threads: expected an integer ≥ 1 or auto, got 2.0"),
+        ("train", {"threads": "many"}, "train.threads: expected an integer ≥ 1 or auto, got 'many'"),
+        ("train", {"threads": None}, "train.threads: expected an integer ≥ 1 or auto, got null"),
         ("train", [1], "train: expected a mapping of keys, got [1]"),
         ("record", {"probe": -1}, "record.probe: expected an integer ≥ 0, got -1"),
         ("record", {"every": 0}, "record.every: expected an integer ≥ 1, got 0"),
@@ -725,8 +733,8 @@ def test_adam_takes_its_own_keys_and_refuses_sgds() -> None:
     assert (cfg.train.optimizer, cfg.train.hyper) == (
         "adam", {"lr": 1e-3, "betas": [0.8, 0.99], "eps": 1e-7, "weight_decay": 0.0}
     )
-    assert list(cfg.resolved["train"]) == ["epochs", "batch_size", "optimizer", "lr", "betas", "eps",
-                                            "weight_decay", "shuffle", "divergence_factor", "schedule",
+    assert list(cfg.resolved["train"]) == ["epochs", "batch_size", "threads", "optimizer", "lr", "betas",
+                                            "eps", "weight_decay", "shuffle", "divergence_factor", "schedule",
                                             "early_stopping"]  # fmt: skip
     assert config_mod.build_optimizer(cfg).betas == (0.8, 0.99)
     assert error(config_from_dict, with_(raw, "train.momentum", 0.9)) == (

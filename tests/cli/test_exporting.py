@@ -404,6 +404,7 @@ def test_npz_json_export_holds_the_running_statistics(buffered: Path, fmt: str, 
     (parameters, buffers, eval-phase outputs) passes bit for bit."""
     report = cnnbp.export(buffered, format=fmt)
     assert report.ok and report.written and report.max_abs_diff == 0 and report.tolerance == 0
+    assert report.buffers == 2 * len(BUFFERED)  # running_mean and running_var of each batchnorm
     path = buffered / f"model.{fmt}"
     ck = last_checkpoint(buffered)
     assert set(ck.state) == set(BUFFERED)

@@ -9,6 +9,7 @@ so the real signal handler is exercised deterministically.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from collections.abc import Mapping
@@ -412,3 +413,29 @@ def test_an_interrupt_in_the_middle_of_an_update_saves_nothing(
     run_dir = session.run_dir
     assert info.value.checkpoint is None and info.value.step == 14
     assert [e for e, _ in find_checkpoints(run_dir)] == [0]  # epoch 1 is off the every-3 schedule
+
+
+def test_two_shards_train_the_same_bits_twice_and_resume_bit_identically(tmp_path: Path, signal_at) -> None:
+    """``train.threads: 2``: the batch cut in two shards (recorded in status.json); two runs give the
+    same checkpoints, and a run interrupted mid-epoch, resumed from its config.yaml, the same state."""
+    cfg = small_digits("float32")
+    cfg["train"].update(epochs=3, threads=2)
+    config = write(tmp_path, cfg)
+    runs = [tmp_path / f"runs{i}" for i in range(3)]
+    for out in runs[:2]:
+        assert invoke("train", config, "--out", out, "--quiet").exit_code == 0
+    a, b = (out / "small" for out in runs[:2])
+    assert json.loads((a / "status.json").read_text(encoding="utf-8"))["shards"] == 2
+    assert [e for e, _ in find_checkpoints(a)] == [e for e, _ in find_checkpoints(b)] == [0, 3]
+    for (_, one), (_, two) in zip(find_checkpoints(a), find_checkpoints(b), strict=True):
+        assert_same_state(read_checkpoint(one), read_checkpoint(two))
+        assert np.array_equal(read_checkpoint(one).deltas["conv1"], read_checkpoint(two).deltas["conv1"])
+    signal_at("15")  # epoch 2, batch 5 of 10
+    assert invoke("train", config, "--out", runs[2], "--quiet").exit_code == 130
+    run = runs[2] / "small"
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["threads"] == 2
+    result = invoke("train", "--resume", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["shards"] == 2
+    assert_same_state(last(run), last(a))
+    assert metric_rows(run) == metric_rows(a)

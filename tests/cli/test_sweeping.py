@@ -9,6 +9,7 @@ in tests/cli/commands/test_sweep.py.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -245,6 +247,41 @@ def test_a_diverged_trial_is_recorded_and_the_others_finish(tmp_path: Path, dask
     assert [r.trial for r in result.ranked()] == ["lr_0.1"]
     again = sweep(s, tmp_path / "runs", scheduler=dask_scheduler)  # the same config diverges the same way
     assert again.ran == 0 and again.rows[1].status == "diverged" and again.rows[1].attempts == 1
+
+
+def test_a_trial_keeps_its_shards_but_runs_them_on_one_cpu_with_the_numbers_of_a_plain_train(
+    tmp_path: Path, dask_scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.threads: 2``: a trial cuts each batch in two shards as ``cnnbp train`` does, but runs them
+    one after the other on its worker's thread (the workers already share out the CPUs): no helper
+    process, no thread.  Its weights are bit for bit those of a plain train of the same config."""
+    from cnnbp.api import train
+    from cnnbp.checkpoint import read_checkpoint
+    from cnnbp.core.parallel import Shards
+    from cnnbp.runs import find_checkpoints
+
+    threads: list[int] = []  # the threads (or processes) each step's shards were given
+    real = Shards.gradients
+
+    def spy(self: Shards, x: Any, y: Any, n: int, record: Any = None) -> Any:
+        threads.append(n)
+        return real(self, x, y, n, record)
+
+    monkeypatch.setattr(Shards, "gradients", spy)  # the in-process cluster's workers see it too
+    base = tiny_config()
+    base["train"]["threads"] = 2
+    result = sweep({"name": "sw", "base": str(write_config(tmp_path, base)), "seeds": [0]}, tmp_path / "runs",
+                   scheduler=dask_scheduler)  # fmt: skip
+    assert result.exit_code == 0 and threads == [1] * 6  # 3 epochs of 2 batches (6 training samples)
+    trial = tmp_path / "runs" / "sw" / "seed_0"
+    assert json.loads((trial / "status.json").read_text(encoding="utf-8"))["shards"] == 2
+    plain = train({**base, "seed": 0}, out=tmp_path / "plain")
+    assert json.loads((plain.path / "status.json").read_text(encoding="utf-8"))["shards"] == 2
+    ours, theirs = (read_checkpoint(find_checkpoints(run)[-1][1]) for run in (trial, plain.path))
+    assert ours.step == theirs.step == 6
+    for name, group in theirs.weights.items():
+        for key, w in group.items():
+            assert np.array_equal(ours.weights[name][key], w), f"{name}.{key}"
 
 
 def test_a_failed_trial_is_tried_once_more_then_left(tmp_path: Path, dask_scheduler: str) -> None:

@@ -92,6 +92,7 @@ def test_describe_each_layer_annotation(where: tuple[type, str], words: str) -> 
         (PositiveFloat | None, "a number > 0 (or null)"),
         (Literal["max", "mean", "lp"], "one of max, mean, lp"),
         (Literal["tied", "untied"], "one of tied, untied"),
+        (PositiveInt | Literal["auto"], "an integer ≥ 1 or auto"),  # a single choice is named alone
         (tuple[int, int], "a pair [h, w] of integers"),
         (Annotated[tuple[int, int], Bound(ge=1)], "a pair [h, w] of integers ≥ 1"),
         (Rate, "a number in [0, 1)"),

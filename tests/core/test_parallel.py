@@ -215,6 +215,14 @@ def test_pace_keeps_the_faster_thread_count_and_notices_a_slower_machine() -> No
     assert pace.chosen == 2
 
 
+def test_pace_keeps_more_threads_when_fewer_are_faster_only_by_noise() -> None:
+    pace = Pace(2, trial=3, period=50, warmup=0)
+    feed(pace, {1: 1.0, 2: 1.0 + Pace.TIE / 2}, 20)  # one thread "faster" by less than the tie margin
+    assert pace.chosen == 2
+    feed(pace, {1: 1.0, 2: 1.0 + 2 * Pace.TIE}, 120)  # clearly faster: chosen
+    assert pace.chosen == 1
+
+
 def test_pace_with_one_thread_never_explores() -> None:
     pace = Pace(1)
     assert set(feed(pace, {1: 1.0}, 30)) == {1}

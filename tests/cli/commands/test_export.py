@@ -106,6 +106,23 @@ def test_report_lines_look_as_in_the_readme(ort, run32: Path) -> None:
     assert one_error_line(result) == f"error: {run32}/model.onnx: already exists; --force overwrites it"
 
 
+@pytest.mark.parametrize("fmt", ["npz", "json"])
+def test_the_check_of_a_run_with_buffers_says_they_are_bit_identical_too(tmp_path: Path, fmt: str) -> None:
+    """configs/examples/regularisers.yaml has two batchnorms: their running mean and variance are four
+    buffers, read back and compared as the weights are."""
+    config = REPO / "configs" / "examples" / "regularisers.yaml"
+    assert invoke("train", config, "--out", tmp_path, "--epochs", "1", "--quiet").exit_code == 0
+    run = tmp_path / "example-regularisers"
+    result = invoke("export", run, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        "verify    file read back vs engine on 3 probe samples: weights, buffers and outputs bit-identical, "
+        "max |diff| 0 ok"
+    )
+    rep = json.loads(invoke("export", run, "--format", fmt, "--force", "--json").stdout)
+    assert rep["buffers"] == 4 and rep["ok"] is True
+
+
 def test_json_report_is_one_object(ort, run32: Path) -> None:
     result = invoke("export", run32, "--json")
     assert result.exit_code == 0, result.output

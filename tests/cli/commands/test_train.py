@@ -257,6 +257,8 @@ def test_name_collision_counts_up(tmp_path: Path) -> None:
     ("edit", "args", "fragment"),
     [
         (None, ["--set", "train.lr=-1"], "train.lr"),
+        (None, ["--set", "train.threads=0"], "train.threads"),
+        (None, ["--set", "train.threads=true"], "train.threads"),
         (None, ["--set", "nonsense"], "--set"),
         (None, ["--set", "model.layers[0].kernel=9"], "model.layers[0]"),
         (None, ["--name", "../escape"], "name"),
