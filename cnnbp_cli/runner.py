@@ -42,12 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from cnnbp.checkpoint import ResumeRecord, checkpoint_bytes, read_checkpoint
+from cnnbp.checkpoint import Checkpoint, ResumeRecord, checkpoint_bytes, read_checkpoint
 from cnnbp.config import (
     EarlyStoppingSpec,
     RunConfig,
@@ -691,6 +691,16 @@ def interrupted_seconds(run_dir: Path, epoch: int, step: int) -> float:
 # ---- sessions: everything checked, then trained -----------------------------------------------------
 
 
+def _unsharded_if_older(cfg: RunConfig, ck: Checkpoint) -> RunConfig:
+    """A run from before ``train.threads`` existed computed every batch whole: it goes on with one
+    shard (``threads: 1``), so it continues bit for bit; ``auto`` could cut its batches in two."""
+    train = ck.config_dict().get("train")
+    if not isinstance(train, dict) or "threads" in train:
+        return cfg
+    cfg.resolved["train"]["threads"] = 1
+    return replace(cfg, train=replace(cfg.train, threads=1))
+
+
 @dataclass
 class Session:
     """A run ready to train: config, data, network and optimiser built and checked, nothing written.
@@ -740,6 +750,7 @@ class Session:
             ck = last_checkpoint(run_dir)
             if ck is not None:
                 check_config(ck, cfg.resolved, force)
+                cfg = _unsharded_if_older(cfg, ck)
             session = cls._build(cfg)
             session.run_dir, session._locks = run_dir, locks
             batches = batches_per_epoch(session.data.x_train.shape[0], cfg.train.batch_size)

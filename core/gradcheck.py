@@ -43,8 +43,8 @@ the signatures, never from the size of an error) is checked at the kink instead:
   order from them alone on the other side, whose estimate can only widen the interval below).  The
   points of a side must share one state (equal fingerprints of their signatures); where they do
   not, the step is divided by 4, at most twice;
-* where every non-analytic layer reached can be held in its state (``Perturber.frozen``: the
-  built-ins, and a layer with ``frozen_forward``), the central difference of the loss so held: the
+* where every non-analytic layer reached can be held in its state (``Perturber.frozen``: a layer
+  with ``frozen_forward``, as the built-ins have), the central difference of the loss so held: the
   derivative of the piece v's own state selects, which is what backpropagation computes with the
   engine's conventions (relu′(0) = 0, a tie's first maximum).  The analytic value must match it
   (within ``rtol``): KINK, else FAIL.  This decides even where several kinks are crossed at once

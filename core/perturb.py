@@ -26,8 +26,9 @@ Frozen state (``frozen``): every non-analytic layer computes the smooth piece it
 state selects — a relu multiplies by its reference mask, a max pool reads its reference arg-max, an
 Lp pool keeps its reference signs and zero windows — instead of deciding anew, so the loss is
 differentiable through ties and its difference quotient is the derivative that backpropagation
-with that state computes.  A layer provides this with ``frozen_forward(x, signature)``; the
-built-in relu, leaky relu, max and Lp pools have theirs here (``FROZEN``).
+with that state computes.  A layer provides this with ``frozen_forward(x, signature)`` (see
+``Layer.frozen_forward``: relu, leaky relu, max and Lp pools have one); a layer without one is
+never held, and the checker falls back on one-sided derivatives where it is reached.
 """
 
 from __future__ import annotations
@@ -41,10 +42,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnbp.core.layers.base import Layer
-from cnnbp.core.layers.conv import windows
-from cnnbp.core.layers.leaky_relu import LeakyReLU
-from cnnbp.core.layers.pool import LpPool, MaxPool
-from cnnbp.core.layers.relu import ReLU
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
 
@@ -155,43 +152,6 @@ def _distance_ratio(delta: np.ndarray, dist: np.ndarray, copies: int) -> np.ndar
     return r.reshape(copies, -1).max(axis=1) if r.size else np.zeros(copies)
 
 
-# ---- frozen state: the smooth piece a reference signature selects -----------------------------------
-def _frozen_relu(layer: Layer, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return x * mask
-
-
-def _frozen_leaky(layer: Layer, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return x * (layer.alpha + (1.0 - layer.alpha) * mask)
-
-
-def _frozen_max(layer: Layer, x: np.ndarray, arg: np.ndarray) -> np.ndarray:
-    """Each window's entry at its reference arg-max (offset a·kw + b)."""
-    (kh, kw), (sh, sw) = layer.size, layer.stride
-    win = windows(x, kh, kw, sh, sw)
-    win = win.reshape(*win.shape[:4], kh * kw)
-    return np.take_along_axis(win, arg[..., None].astype(np.intp), axis=-1)[..., 0]
-
-
-def _frozen_lp(layer: Layer, x: np.ndarray, sig: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """``(Σ φ(s_i x_i))^{1/p}`` with the reference signs s and φ(u) = sign(u)|u|^p (|x|^p on the reference
-    side, continued oddly), 0 in a reference all-zero window."""
-    zero, sign = sig
-    (kh, kw), (sh, sw), p = layer.size, layer.stride, layer.p
-    u = windows(sign * x, kh, kw, sh, sw)
-    total = (np.sign(u) * np.abs(u) ** p).sum(axis=(4, 5))
-    y = np.sign(total) * np.abs(total) ** (1.0 / p)
-    return np.where(zero, 0.0, y)
-
-
-#: frozen forwards of the built-in non-analytic layers, by exact class (a subclass may decide otherwise)
-FROZEN: dict[type, Callable[[Layer, np.ndarray, object], np.ndarray]] = {
-    ReLU: _frozen_relu,
-    LeakyReLU: _frozen_leaky,
-    MaxPool: _frozen_max,
-    LpPool: _frozen_lp,
-}
-
-
 class Perturber:
     """Cached unperturbed activations, signatures and distances, and batched evaluation of suffixes."""
 
@@ -236,27 +196,36 @@ class Perturber:
     def any_rough(self) -> bool:
         return any(d is not None for d in self.rough)
 
-    def _freezer(self, j: int) -> Callable[[Layer, np.ndarray, object], np.ndarray] | None:
+    def _freezer(self, j: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """Layer j's ``frozen_forward``, or None: when it has none, or a class below the one defining it
+        redefines ``forward``, ``backward`` or ``kink_signature`` (it may follow another convention)."""
         layer = self.layers[j]
         own = getattr(layer, "frozen_forward", None)
-        if own is not None:
-            return lambda _layer, x, sig: own(x, sig)
-        return FROZEN.get(type(layer))
+        mro = type(layer).__mro__
+        owner = next((c for c in mro if "frozen_forward" in vars(c)), None)
+        if own is None or owner is None or "frozen_forward" in vars(layer):
+            return own
+        for name in ("forward", "backward", "kink_signature"):
+            definer = next((c for c in mro if name in vars(c)), owner)
+            if not issubclass(owner, definer):
+                return None
+        return own
 
     def can_freeze(self, start: int) -> bool:
         """Whether every non-analytic layer from ``start`` on has a frozen forward."""
         return all(self._freezer(j) is not None for j in range(start, len(self.layers)) if self.kinky[j])
 
-    def _reference_state(self, j: int, rows: np.ndarray) -> object:
-        """Layer j's reference signature for the samples ``rows`` (an Lp pool's: zero windows, signs)."""
+    def _reference_state(self, j: int, rows: np.ndarray) -> np.ndarray:
+        """Layer j's reference signature for the samples ``rows``, laid out as a forward on them gives it:
+        rows of a batch-first one; another layout (an Lp pool's) from a forward on those unperturbed rows."""
         ref = self.ref_sigs[j]
         assert ref is not None
-        layer = self.layers[j]
-        if type(layer) is LpPool and getattr(layer, "frozen_forward", None) is None:
-            out, inp = self.acts[j + 1], self.acts[j]
-            zero = ref[: out.size].reshape(out.shape)[rows].astype(bool)
-            return zero, ref[out.size :].reshape(inp.shape)[rows]
-        return ref[rows]
+        if _splittable(ref, self.m):
+            return ref[rows]
+        if np.array_equal(rows, np.arange(self.m)):
+            return ref
+        self.layers[j].forward(self.acts[j][rows])
+        return np.array(self.layers[j].kink_signature(), copy=True)
 
     # ---- running ------------------------------------------------------------------------
     def run(self, start: int, a: np.ndarray, rows: np.ndarray, group: int) -> tuple[np.ndarray, Obs]:
@@ -281,7 +250,7 @@ class Perturber:
                 np.maximum(obs.rho, moved, out=obs.rho)
             freeze = self._freezer(j) if self.frozen and self.kinky[j] else None
             if freeze is not None:
-                a = freeze(self.layers[j], inp, self._reference_state(j, rows))
+                a = freeze(inp, self._reference_state(j, rows))
                 continue
             a = self.layers[j].forward(inp)
             if self.kinky[j]:
@@ -510,7 +479,7 @@ class Perturber:
         if freeze is not None:
             ref_sig = self.ref_sigs[st.j]
             assert ref_sig is not None
-            return freeze(layer, box, self._box(ref_sig, n, y0, x0, *box.shape[2:]))
+            return freeze(box, self._box(ref_sig, n, y0, x0, *box.shape[2:]))
         out = layer.forward(box)
         if self.kinky[st.j]:
             sig = np.asarray(layer.kink_signature())
@@ -537,7 +506,7 @@ class Perturber:
             np.maximum(obs.rho, _distance_ratio(crops - ref, dist, box.shape[0]), out=obs.rho)
         freeze = self._freezer(st.j) if self.frozen and self.kinky[st.j] else None
         if freeze is not None:
-            out = freeze(layer, crops, self._crop_state(st, n, oy, ox, crops.shape))
+            out = freeze(crops, self._crop_state(st, n, oy, ox, crops.shape))
             return out[:, :, q0h : q0h + obh, q0w : q0w + obw], oy, ox
         out = layer.forward(crops)
         if self.kinky[st.j]:
@@ -664,11 +633,12 @@ class Perturber:
             own = Obs.zeros(b)
             layer.params[key] = work
             freeze = self._freezer(l) if self.frozen and self.kinky[l] else None
+            state = self._reference_state(l, np.arange(m)) if freeze is not None else None
             try:
                 for i in range(b):
                     perturb(work, idx, values, i, True)
                     if freeze is not None:
-                        outs.append(freeze(layer, a_in, self._reference_state(l, np.arange(m))))
+                        outs.append(freeze(a_in, state))
                         perturb(work, idx, values, i, False)
                         continue
                     outs.append(layer.forward(a_in))

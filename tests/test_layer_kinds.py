@@ -109,6 +109,28 @@ def test_summary_and_the_checkers_facts(kind: str, hyper: dict) -> None:
     assert set(layer.params) == set(layer.param_names)
 
 
+def _kinky(kind: str, hyper: dict) -> bool:
+    layer = LAYERS[kind].from_hyper(hyper)
+    return not layer.analytic and hasattr(layer, "kink_signature")
+
+
+KINKY = [(kind, h) for kind, h in CASES if _kinky(kind, h)]
+
+
+@pytest.mark.parametrize(("kind", "hyper"), KINKY, ids=[f"{k}-{i}" for k, i in KINKY])
+def test_a_kind_with_kinks_has_a_frozen_forward_that_agrees_at_its_own_state(kind: str, hyper: dict) -> None:
+    """A built-in kind with a ``kink_signature()`` can be held in its state by the checker: held at the
+    state of x itself, ``frozen_forward`` is ``forward`` (one smooth piece, the one x lies on)."""
+    net = network(kind, hyper)
+    layer = net.layers[0]
+    x, _ = inputs(net)
+    y = layer.forward(x)
+    assert layer.frozen_forward is not None, f"{kind} has kinks but no frozen_forward"
+    held = layer.frozen_forward(x + 0.0, np.array(layer.kink_signature(), copy=True))
+    assert held.shape == y.shape and held.dtype == y.dtype
+    np.testing.assert_allclose(held, y, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize(("kind", "hyper"), CASES, ids=[f"{k}-{i}" for k, i in CASES])
 def test_gradcheck_passes_through_the_kind(kind: str, hyper: dict) -> None:
     net = network(kind, hyper)

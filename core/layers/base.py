@@ -5,7 +5,7 @@ export mappings)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -248,6 +248,22 @@ class Layer:
         return f"{type(self).__name__}({self.name!r}{', ' if args else ''}{args})"
 
     # ---- smoothness (the gradient checker reads this) ----------------------------------------------
+    # A non-analytic layer (``analytic = False``) with kinks defines ``kink_signature()``: the discrete
+    # state of its last forward (a relu's mask x > 0, a max pool's arg-max), an array; a batch-first one
+    # (leading axis the batch) is compared sample by sample, any other layout whole (for runs of copies).
+
+    #: Optional: ``frozen_forward(x, signature) -> y``, the forward on the smooth piece a state selects.
+    #: ``signature`` is the ``kink_signature()`` of a forward on the unperturbed counterpart of ``x`` (the
+    #: same samples; on the checker's local path, the same box of the maps — for a windowed layer entries
+    #: whose outputs are discarded may hold anything), laid out as that forward gives it; ``y`` is what
+    #: ``forward(x)`` returns, shaped and typed alike, with every kink decided as ``signature`` says,
+    #: e.g. ``x · signature`` for a relu (no ``backward`` follows it).  With it, the gradient
+    #: checker differences the loss with the state held, the derivative backpropagation computes, for
+    #: elements whose stencil crosses a kink; without it (None, the default) the one-sided derivatives
+    #: decide.  A subclass that redefines ``forward``, ``backward`` or ``kink_signature`` does not
+    #: inherit its parent's: the frozen forward must follow the same convention.
+    frozen_forward: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
     def nonsmooth_distance(self) -> np.ndarray | None:
         """Per element of the last forward's input, its distance from the nearest point where the
         forward is continuous but not infinitely differentiable (|x|^2.5 at 0), or None (the default)

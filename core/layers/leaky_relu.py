@@ -42,6 +42,10 @@ class LeakyReLU(Layer):
         """Which inputs are positive: a change between two points means a kink."""
         return self._mask
 
+    def frozen_forward(self, x: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """``x · (α + (1 − α)·m)`` for the reference mask m = [x_ref > 0]: the piece the signature selects."""
+        return x * (self.alpha + (1.0 - self.alpha) * signature)
+
     def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
         """``LeakyRelu``; decomposed (float64): ``Max(x, x·α)``, since the operator's α is a float32
         attribute (0.2 would be off by 3e-9)."""

@@ -194,6 +194,13 @@ class MaxPool(Pool):
             arg[hit] = o
         return arg.transpose(1, 0, 2, 3)
 
+    def frozen_forward(self, x: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """Each window's entry at its reference arg-max (the signature's offset a·kw + b), whatever is
+        largest now: (N, C, Ho, Wo)."""
+        win = self._windows(x)
+        win = win.reshape(*win.shape[:4], -1)
+        return np.take_along_axis(win, signature[..., None].astype(np.intp), axis=-1)[..., 0]
+
     def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
         g.op("MaxPool", [x], out, self.name, kernel_shape=list(self.size), strides=list(self.stride))
 
@@ -274,6 +281,18 @@ class LpPool(Pool):
     def kink_signature(self) -> np.ndarray:
         """Which windows are all zero, and the sign of every input (|x| is kinked at 0)."""
         return np.concatenate([(self._y == 0).ravel(), np.sign(self._saved()).ravel()])
+
+    def frozen_forward(self, x: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """``(Σ φ(s_i x_i))^{1/p}`` (root taken oddly) with the reference signs s and φ(u) = sign(u)|u|^p
+        (|x|^p on the reference side, continued oddly), 0 in a reference all-zero window.
+
+        ``signature`` is laid out as ``kink_signature()`` gives it for a batch shaped like ``x``: the
+        zero-window flags of the output, then the signs of the input."""
+        p, split = self.p, signature.size - x.size
+        u = self._windows(signature[split:].reshape(x.shape) * x)
+        total = (np.sign(u) * np.abs(u) ** p).sum(axis=(4, 5))
+        y = np.sign(total) * np.abs(total) ** (1.0 / p)
+        return np.where(signature[:split].reshape(y.shape).astype(bool), 0.0, y)
 
     def to_onnx(self, g: Any, x: str, out: str, info: Any) -> None:
         """``LpPool`` (integer p only); decomposed: Abs → Pow p → strided Slices → Sum → Pow 1/p, any p."""

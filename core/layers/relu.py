@@ -34,3 +34,7 @@ class ReLU(Layer):
     def kink_signature(self) -> np.ndarray:
         """Which inputs are positive: a change between two points means a kink."""
         return self._mask
+
+    def frozen_forward(self, x: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        """``x · m`` for the reference mask m = [x_ref > 0]: the piece the signature selects."""
+        return x * signature

@@ -204,10 +204,9 @@ def test_relu_at_exactly_zero_is_a_kink_checked_at_the_kink(tmp_path: Path) -> N
 def test_strict_fails_unchecked_elements(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without the relu's frozen forward, W[1, ·] (features of both signs) moves the samples' dead
     pre-activations in opposite directions: those elements cannot be decided, and --strict fails them."""
-    from cnnbp.core import perturb
     from cnnbp.core.layers import ReLU
 
-    monkeypatch.delitem(perturb.FROZEN, ReLU)
+    monkeypatch.setattr(ReLU, "frozen_forward", None)
     result = cnnbp.gradcheck(write_config(tmp_path, kink_config(), "kink.yaml"))
     report, strict = as_json(result), as_json(result, strict=True)
     w = rows_by_key(report)[("hidden", "W")]

@@ -16,7 +16,6 @@ import pytest
 
 import cnnbp
 from cnnbp.checking import GradcheckReport
-from cnnbp.core import perturb
 from cnnbp.core.layers import MaxPool, ReLU
 from tests.cli.conftest import pad_conv_source, tie_config, write_plugin
 
@@ -81,8 +80,8 @@ def test_every_element_of_the_digits_conv1_bias_is_checked(
     relu and max pool not held (``one-sided``), against its one-sided derivatives: the live side and the
     dead side, which relu'(0) = 0 takes."""
     if not frozen:
-        monkeypatch.delitem(perturb.FROZEN, ReLU)
-        monkeypatch.delitem(perturb.FROZEN, MaxPool)
+        monkeypatch.setattr(ReLU, "frozen_forward", None)
+        monkeypatch.setattr(MaxPool, "frozen_forward", None)
     report = digits_with(tmp_path)
     row = report.row("conv1", "b")
     assert (row.status, row.n_kink, row.n_unchecked, row.n_fail) == ("KINK", 16, 0, 0)

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -439,3 +440,36 @@ def test_two_shards_train_the_same_bits_twice_and_resume_bit_identically(tmp_pat
     assert json.loads((run / "status.json").read_text(encoding="utf-8"))["shards"] == 2
     assert_same_state(last(run), last(a))
     assert metric_rows(run) == metric_rows(a)
+
+
+def test_a_run_from_before_shards_resumes_whole_batches(tmp_path: Path) -> None:
+    """A run whose config has no ``train.threads`` (cnnbp before shards) computed whole batches; resumed,
+    it goes on with one shard and ends bit-identical to an uninterrupted one-shard run, even where
+    ``auto`` would cut this network's batches in two."""
+    cfg = small_digits("float64")
+    cfg["model"]["layers"][0]["filters"] = 32  # 48 × (18,432 + 5,120) multiply-adds per half batch > 10⁶
+    cfg["train"].update(epochs=4, batch_size=96, threads=1)
+    straight_out, old_out = tmp_path / "straight", tmp_path / "old"
+    assert invoke("train", write(tmp_path, cfg), "--out", straight_out, "--quiet").exit_code == 0
+    cfg["train"]["epochs"] = 2
+    assert invoke("train", write(tmp_path, cfg), "--out", old_out, "--quiet").exit_code == 0
+    run = old_out / "small"
+
+    def forget_threads(text: str) -> str:
+        saved = yaml.safe_load(text)
+        del saved["train"]["threads"]
+        return yaml.safe_dump(saved)
+
+    config_yaml = run / "config.yaml"
+    config_yaml.write_text(forget_threads(config_yaml.read_text(encoding="utf-8")), encoding="utf-8")
+    def edit(f: h5py.File) -> None:
+        text = forget_threads(f["config"][()].decode())
+        del f["config"]
+        f.create_dataset("config", data=text, dtype=h5py.string_dtype())
+
+    for _, path in find_checkpoints(run):
+        rewrite_checkpoint(path, edit)
+    result = invoke("train", "--resume", run, "--epochs", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["shards"] == 1
+    assert_same_state(last(run), last(straight_out / "small"))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnnbp.core import MSE, Conv2D, Dense, Flatten, Layer, Sequential, SoftmaxCrossEntropy, perturb
+from cnnbp.core import MSE, Conv2D, Dense, Flatten, Layer, Sequential, SoftmaxCrossEntropy
 from cnnbp.core.gradcheck import (
     FAIL,
     KINK,
@@ -32,11 +32,13 @@ def statuses(res: GradcheckResult) -> dict[tuple[str, str], str]:
     return {(r.layer, r.tensor): r.status for r in res.rows}
 
 
-def dead_unit_net(slope_at_zero: float | None = None) -> tuple[Sequential, np.ndarray, np.ndarray]:
+def dead_unit_net(
+    slope_at_zero: float | None = None, relu: type[ReLU] = ReLU
+) -> tuple[Sequential, np.ndarray, np.ndarray]:
     """flatten → dense ``hidden`` (4 units; unit 1 has zero weights and bias: pre-activation exactly 0 for
     every sample) → relu → dense fc; feature 2 of every sample positive, so W[1, 2] moves every sample's
     pre-activation the same way.  ``slope_at_zero`` replaces the relu by one with that derivative at 0."""
-    act = ReLU(name="relu") if slope_at_zero is None else SlopeAtZero(slope_at_zero, name="relu")
+    act = relu(name="relu") if slope_at_zero is None else SlopeAtZero(slope_at_zero, name="relu")
     net = build_net([Flatten(name="flat"), Dense(4, name="hidden"), act], (3,))
     net.layer("hidden").params["W"][1] = 0.0
     net.layer("hidden").params["b"][1] = 0.0
@@ -122,7 +124,7 @@ def test_max_pool_tie_winner_takes_the_forward_side_loser_the_backward_side(
     its state (the arg-max: the first), the pool passes the delta to the first and nothing to the second;
     without the frozen forward (``one-sided``) every crossing element gets its one-sided derivatives."""
     if not frozen:
-        monkeypatch.delitem(perturb.FROZEN, MaxPool)
+        monkeypatch.setattr(MaxPool, "frozen_forward", None)
     net = build_net([MaxPool(2, name="pool"), Flatten(name="flat")], (1, 4, 4))
     x, y = batch(net, SoftmaxCrossEntropy(), m=2)
     x[0, 0, 0, 0] = x[0, 0, 0, 1] = np.abs(x[0, 0, :2, :2]).max() + 1.0
@@ -146,11 +148,11 @@ def test_max_pool_tie_winner_takes_the_forward_side_loser_the_backward_side(
     assert res.ok(strict=True)
 
 
-def mixed_kinks(slope_at_zero: float | None) -> tuple[GradcheckResult, int]:
+def mixed_kinks(slope_at_zero: float | None, relu: type[ReLU] = ReLU) -> tuple[GradcheckResult, int]:
     """W[1, 0] with features of both signs moves some samples' dead pre-activations up and others down: the
     engine's state (all dead) is neither side's, and both one-sided derivatives have one sign, so its
     value (0) lies outside their interval.  The result and the position of W[1, 0] among the checked."""
-    net, x, y = dead_unit_net(slope_at_zero)
+    net, x, y = dead_unit_net(slope_at_zero, relu)
     x[:, 0] = [1.0, -1.0, 2.0]
     fc = net.layer("fc").params["W"]
     fc[:, 1] = np.abs(fc[:, 1]) + 0.1
@@ -187,6 +189,112 @@ def test_several_kinks_a_layer_cannot_freeze_are_unchecked() -> None:
     assert row.status == UNCHECKED and row.n_unchecked >= 1 and row.n_fail == 0
     assert res.passed and res.unchecked == sum(r.n_unchecked for r in res.rows) >= 1
     assert not res.ok(strict=True)
+
+
+class NamedReLU(ReLU):
+    """The built-in relu under another class, its forward, backward and state unchanged."""
+
+
+def test_a_subclass_keeps_the_frozen_forward_unless_it_redefines_the_layer() -> None:
+    """A subclass that changes nothing the frozen forward follows is held like the relu (its mixed crossings
+    KINK); one that redefines ``backward`` (``SlopeAtZero``, above: UNCHECKED) is not."""
+    res, at = mixed_kinks(None, NamedReLU)
+    d = res.row("hidden", "W").detail
+    assert d is not None and d.status[at] == KINK and res.ok(strict=True)
+
+
+# ---- a user's layer with kinks: frozen_forward ----------------------------------------------------
+class HardTanh(Layer):
+    """A user's layer: y = clip(x, −1, 1), derivative 1 on [−1, 1] (the kinks ±1 included), 0 outside; its
+    state −1 / 0 / +1 below / on / above [−1, 1].  No frozen forward: the checker cannot hold it."""
+
+    analytic = False
+    elementwise = True
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._x = x
+        return np.clip(x, -1.0, 1.0)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return dy * (np.abs(self._saved()) <= 1.0)
+
+    def kink_signature(self) -> np.ndarray:
+        x = self._saved()
+        return (x > 1.0).astype(np.int8) - (x < -1.0)
+
+
+class FrozenHardTanh(HardTanh):
+    """The same with its forward on the piece a state selects: x where the state is 0, else the state."""
+
+    def frozen_forward(self, x: np.ndarray, signature: np.ndarray) -> np.ndarray:
+        return np.where(signature == 0, x, signature.astype(x.dtype))
+
+
+def saturating_unit_net(layer: HardTanh) -> tuple[Sequential, np.ndarray, np.ndarray]:
+    """flatten → dense ``hidden`` (unit 1: zero weights, bias 1, so its pre-activation is exactly 1, the
+    kink, for every sample) → ``layer`` → dense fc, and x_·0 = (1, −1, 2): W[1, 0] pushes samples 0 and 2
+    above 1 (saturated) and sample 1 back inside, or the other way round.  Targets far above the outputs
+    (samples 0, 2) or below (sample 1) and fc[:, 1] > 0 give deltas g_n at the layer's output of signs
+    (−, +, −)."""
+    net = build_net([Flatten(name="flat"), Dense(4, name="hidden"), layer], (3,))
+    hidden = net.layer("hidden").params
+    hidden["W"][1], hidden["b"][1] = 0.0, 1.0
+    fc = net.layer("fc").params["W"]
+    fc[:, 1] = np.abs(fc[:, 1]) + 0.1
+    x, y = batch(net, MSE())
+    x[:, 0] = [1.0, -1.0, 2.0]
+    y[[0, 2]], y[1] = 10.0, -10.0
+    return net, x, y
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen_forward", "none"])
+def test_a_users_layer_with_frozen_forward_is_checked_at_its_kinks(frozen: bool) -> None:
+    """W[1, 0] of the saturating unit (batch-mean loss, g_n the delta at the layer's output, unit 1):
+    backpropagation (every sample on [−1, 1]) claims Σ_n g_n x_n0 / 3; moving it up, only sample 1 stays
+    inside: forward derivative g_1·(−1)/3; down, samples 0 and 2: backward (g_0 + 2 g_2)/3.  Both have
+    g_0's sign, so the claim lies outside their interval.  With ``frozen_forward`` the state is held (all
+    inside) and the central difference is the claim: KINK.  Without it the one-sided values cannot decide:
+    UNCHECKED, never FAIL (as for any layer the checker cannot hold)."""
+    layer = (FrozenHardTanh if frozen else HardTanh)(name="ht")
+    net, x, y = saturating_unit_net(layer)
+    res = gradcheck(net, MSE(), x, y)
+    _, deltas, _ = clean_gradients(net, MSE(), x, y)
+    g = deltas["ht"][:, 1]
+    assert np.sign(g).tolist() == [-1, 1, -1] and res.row("ht", "delta").status == PASS
+    claim, fwd, bwd = (g * x[:, 0]).sum() / 3, -g[1] / 3, (g[0] + 2 * g[2]) / 3
+    row = res.row("hidden", "W")
+    d = row.detail
+    assert d is not None
+    at = int(np.flatnonzero(d.index == np.ravel_multi_index((1, 0), (4, 3)))[0])
+    assert d.analytic[at] == pytest.approx(claim, rel=1e-12)
+    assert row.n_fail == 0 and res.passed
+    if frozen:
+        assert d.status[at] == KINK and d.numeric[at] == pytest.approx(claim, rel=1e-7)
+        assert row.status == KINK and row.n_unchecked == 0 and res.ok(strict=True)
+    else:
+        assert d.status[at] == UNCHECKED and np.isnan(d.error[at])
+        assert d.forward[at] == pytest.approx(fwd, rel=1e-7)
+        assert d.backward[at] == pytest.approx(bwd, rel=1e-7)
+        assert row.status == UNCHECKED and not res.ok(strict=True)
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen_forward", "none"])
+def test_a_users_layer_is_held_on_the_local_path(frozen: bool) -> None:
+    """conv → hard tanh → max pool: over a blank corner the conv's pre-activation is its bias, exactly 1 (the
+    kink), and an input pixel there moves the units of the filters' weights of both signs in opposite
+    directions.  Held in its state (propagated locally, by boxes), every such element is decided: KINK;
+    without ``frozen_forward`` some cannot be: UNCHECKED, and nothing FAILs either way."""
+    layer = (FrozenHardTanh if frozen else HardTanh)(name="ht")
+    net = build_net([Conv2D(2, 2, name="conv"), layer, MaxPool(2, name="pool"), Flatten(name="flat")],
+                    (1, 7, 7))  # fmt: skip
+    net.layer("conv").params["W"][0, 0] = [[1.0, -1.0], [-1.0, 1.0]]
+    net.layer("conv").params["b"][...] = 1.0
+    x, y = batch(net, SoftmaxCrossEntropy())
+    x[:, :, :4, :4] = 0.0
+    res = gradcheck(net, SoftmaxCrossEntropy(), x, y, layers=["input", "conv"])
+    row = res.row("input", "input")
+    assert FAIL not in statuses(res).values() and row.n_kink > 0
+    assert (row.n_unchecked == 0) == frozen and res.ok(strict=True) == frozen
 
 
 def test_changing_the_built_in_relu_derivative_at_zero_fails(monkeypatch: pytest.MonkeyPatch) -> None:

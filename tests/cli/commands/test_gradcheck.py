@@ -239,10 +239,9 @@ def test_relu_at_exactly_zero_is_a_kink_checked_at_the_kink(tmp_path: Path) -> N
 def test_strict_fails_unchecked_elements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the relu's frozen forward the mixed crossings of hidden.W cannot be decided: the row says
     UNCHECKED, the verdict counts them, exit 0 — and 1 with --strict."""
-    from cnnbp.core import perturb
     from cnnbp.core.layers import ReLU
 
-    monkeypatch.delitem(perturb.FROZEN, ReLU)
+    monkeypatch.setattr(ReLU, "frozen_forward", None)
     config = write_config(tmp_path, kink_config(), "kink.yaml")
     result = invoke("gradcheck", config)
     assert result.exit_code == 0, result.output
