@@ -59,13 +59,9 @@ def _render(result: BenchResult) -> None:
     if result.torch is not None and result.agreement is not None:
         a, t = result.agreement, result.torch
         verdict = "agree" if a.ok else "DISAGREE"
-        con.print(
-            f"PyTorch (threads: {result.threads['torch']}):"
-            f" loss and {len(a.grad_rel_err)} gradients {verdict}:"
-            f" largest relative error {a.max_rel_err:.2e} (tolerance {a.tolerance:.0e})",
-            markup=False,
-            soft_wrap=True,
-        )
+        agreed = f"loss and {len(a.grad_rel_err)} gradients {verdict}"
+        con.print(f"PyTorch (threads: {result.threads['torch']}): {agreed}", markup=False)
+        con.print(f"  largest relative error {a.max_rel_err:.2e} (tolerance {a.tolerance:.0e})", markup=False)
         con.print(
             f"torch step: median {t.median_ms:.2f} ms (min {t.min_ms:.2f}, max {t.max_ms:.2f})"
             f" · {t.images_per_s:,.0f} images/s",

@@ -21,7 +21,7 @@ from cnnbp.commands import options
 from cnnbp.exporting import TOLERANCE, ExportReport
 from cnnbp.exporting import export as export_checkpoint
 from cnnbp.plugins import load_option
-from cnnbp.render.console import print_error, stdout_console
+from cnnbp.render.console import print_error, print_report, wrap_pairs
 from cnnbp.tensorboard import TensorBoardReport
 
 
@@ -54,7 +54,7 @@ def _tolerance(r: ExportReport) -> str:
     return f"{r.tolerance:.2e} = {base:g} × max |output| {r.output_scale:.3g}"
 
 
-def tensorboard_lines(r: TensorBoardReport) -> list[Text]:
+def tensorboard_lines(r: TensorBoardReport, width: int = 80) -> list[Text]:
     """The report of a TensorBoard export: the folder, the run, what was written, the read-back."""
     epochs = f"epoch {r.epochs[0]}" if len(r.epochs) == 1 else f"epochs {r.epochs[0]}–{r.epochs[-1]}"
     files = f"{r.files} event file{'s' if r.files != 1 else ''}"
@@ -71,14 +71,18 @@ def tensorboard_lines(r: TensorBoardReport) -> list[Text]:
         rows.append(("verify", f"event files read back: every scalar, histogram and the config {result}"))
     if r.written:
         rows.append(("view", f"tensorboard --logdir {r.path}"))
-    width = max(len(k) for k, _ in rows) + 2
-    return [Text.assemble((k.ljust(width), "bold"), v) for k, v in rows]
+    return _pairs(rows, width, whole=("view",))
 
 
-def report_lines(r: ExportReport | TensorBoardReport) -> list[Text]:
+def _pairs(rows: list[tuple[str, str]], width: int, whole: tuple[str, ...] = ()) -> list[Text]:
+    """The rows as a bold key column and texts wrapped to ``width``."""
+    return [Text.assemble((k, "bold"), v) for k, v in wrap_pairs(rows, width, whole=whole)]
+
+
+def report_lines(r: ExportReport | TensorBoardReport, width: int = 80) -> list[Text]:
     """The plain report: file, source, the ONNX graph, the verification."""
     if isinstance(r, TensorBoardReport):
-        return tensorboard_lines(r)
+        return tensorboard_lines(r, width)
     rows = [
         ("exported" if r.written else "not written", f"{r.path} ({r.format.upper()}, {_size(r.bytes)})"),
         ("from", f"{r.checkpoint} · run {r.run}, epoch {r.epoch}, {r.dtype}"),
@@ -103,8 +107,7 @@ def report_lines(r: ExportReport | TensorBoardReport) -> list[Text]:
             what = "weights, buffers and outputs" if r.buffers else "weights and outputs"
             text = f"file read back vs engine on {inputs}: {what} {same}, max |diff| {diff} {verdict}"
         rows.append(("verify", text))
-    width = max(len(k) for k, _ in rows) + 2
-    return [Text.assemble((k.ljust(width), "bold"), v) for k, v in rows]
+    return _pairs(rows, width)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -155,9 +158,7 @@ def export(
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         sys.stdout.flush()
     else:
-        console = stdout_console()
-        for line in report_lines(report):
-            console.print(line, soft_wrap=True)
+        print_report(lambda width: report_lines(report, width))
     if not report.ok and isinstance(report, TensorBoardReport):
         print_error(f"{report.path}: verification failed: {report.problem}; nothing was written")
         raise typer.Exit(1)

@@ -171,7 +171,8 @@ def test_disagreement_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(bench_command, "have_torch", lambda: True)
     result = invoke("bench", write_config(tmp_path, tiny_config()), "--vs", "torch")
     assert result.exit_code == 1
-    assert "loss and 1 gradients DISAGREE: largest relative error 5.00e-01 (tolerance 1e-10)" in result.stdout
+    disagree = "loss and 1 gradients DISAGREE\n  largest relative error 5.00e-01 (tolerance 1e-10)"
+    assert disagree in result.stdout
     result = invoke("bench", write_config(tmp_path, tiny_config()), "--vs", "torch", "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["agreement"]["ok"] is False
 
@@ -195,9 +196,10 @@ def test_vs_torch_table(tmp_path: Path) -> None:
     result = invoke("bench", path, "--steps", "2", "--vs", "torch")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "PyTorch (threads: " in out and "loss and 8 gradients agree: largest relative error" in out
+    assert "PyTorch (threads: " in out and "loss and 8 gradients agree\n  largest relative error" in out
     assert "torch step: median" in out
     assert "ratio engine / torch at 1 thread each (medians, alternating):" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_vs_torch_at_matched_threads(tmp_path: Path) -> None:

@@ -51,3 +51,18 @@ def test_json_and_one_line_errors(digits_run: Path, tmp_path: Path) -> None:
         result = invoke("evaluate", digits_run, *args)
         assert result.exit_code == 2 and result.stderr.splitlines()[0].startswith(text), result.output
         assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_missing_run_or_one_without_checkpoints_is_one_line(tmp_path: Path) -> None:
+    """Without --checkpoint the best is looked for: a path that is not a run says so (exit 2), for
+    evaluate and predict alike."""
+    (tmp_path / "empty").mkdir()
+    for target, text in (
+        (tmp_path / "nowhere", "no such run folder or checkpoint file"),
+        (tmp_path / "empty", "no checkpoints found"),
+    ):
+        for command in (["evaluate", target], ["predict", target, tmp_path / "x.npz"]):
+            result = invoke(*command)
+            assert result.exit_code == 2, result.output
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: {target}: {text}"), result.output
