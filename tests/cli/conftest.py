@@ -817,3 +817,18 @@ def tie_config(plugin: Path, conv: str) -> dict:
         },  # fmt: skip
         "loss": "softmax_cross_entropy",
     }
+
+
+def unwrapped(stdout: str, whole: tuple[str, ...] = ("view",)) -> list[str]:
+    """The report's rows as one line each: the lines are wrapped to 80 columns (a continuation line has
+    an empty key column), each of them fits unless it is one long word (a path) or a command to copy
+    (the keys in ``whole``)."""
+    rows: list[str] = []
+    for line in stdout.rstrip("\n").split("\n"):
+        key, _, rest = line.strip().partition(" ")
+        assert len(line) <= 80 or key in whole or " " not in rest.strip(), line
+        if line.startswith(" ") and rows:
+            rows[-1] += " " + line.strip()
+        else:
+            rows.append(line)
+    return rows

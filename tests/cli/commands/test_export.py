@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cnnbp.app import app
 from cnnbp.onnx_graph import INSTALL_HINT
-from tests.cli.conftest import RUN_FILES, engine_network, last_checkpoint, onnx_vs_engine
+from tests.cli.conftest import RUN_FILES, engine_network, last_checkpoint, onnx_vs_engine, unwrapped
 
 REPO = Path(__file__).resolve().parents[3]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -71,19 +71,6 @@ def test_onnx_export_prints_the_file_graph_and_difference(
     worst = onnx_vs_engine(path, last_checkpoint(run))  # a fresh onnxruntime session on the file
     assert worst <= TOL[dtype]
     assert worst == pytest.approx(diff, abs=TOL[dtype] / 10)  # the printed number is this difference
-
-
-def unwrapped(stdout: str) -> list[str]:
-    """The report's rows as one line each: the lines are wrapped to 80 columns (a continuation line has
-    an empty key column), each of them fits unless it is one long word (a path)."""
-    rows: list[str] = []
-    for line in stdout.rstrip("\n").split("\n"):
-        assert len(line) <= 80 or " " not in line.strip()[len(line.split()[0]) :].strip(), line
-        if line.startswith(" ") and rows:
-            rows[-1] += " " + line.strip()
-        else:
-            rows.append(line)
-    return rows
 
 
 def test_report_lines_look_as_in_the_readme(ort, run32: Path) -> None:
