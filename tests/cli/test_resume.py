@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from cnnbp.app import app
 from cnnbp.checkpoint import Checkpoint, read_checkpoint
+from cnnbp.config import build_network, config_from_dict
 from cnnbp.core.optim import SGD
+from cnnbp.core.parallel import shard_count
 from cnnbp.runner import Callback, Interrupted, Session
 from cnnbp.runs import METRIC_COLUMNS, find_checkpoints, read_metrics
 from tests.cli.conftest import rewrite_checkpoint
@@ -447,8 +449,9 @@ def test_a_run_from_before_shards_resumes_whole_batches(tmp_path: Path) -> None:
     it goes on with one shard and ends bit-identical to an uninterrupted one-shard run, even where
     ``auto`` would cut this network's batches in two."""
     cfg = small_digits("float64")
-    cfg["model"]["layers"][0]["filters"] = 32  # 48 × (18,432 + 5,120) multiply-adds per half batch > 10⁶
+    cfg["model"]["layers"][0]["filters"] = 96  # 48 × (55,296 + 15,360) multiply-adds per half batch
     cfg["train"].update(epochs=4, batch_size=96, threads=1)
+    assert shard_count("auto", build_network(config_from_dict(cfg)), 96) == 2  # auto would cut in two
     straight_out, old_out = tmp_path / "straight", tmp_path / "old"
     assert invoke("train", write(tmp_path, cfg), "--out", straight_out, "--quiet").exit_code == 0
     cfg["train"]["epochs"] = 2
