@@ -3,7 +3,8 @@
 ``forward(x)`` returns an array of ``(batch, *output_shape(input_shape))`` in the input's dtype and
 leaves ``x`` alone; ``backward(dy)`` returns ``∂L/∂x`` shaped and typed like ``x``, leaves ``dy``
 alone, and fills ``grads`` with exactly the keys of ``params``, each shaped and typed like its
-parameter.  :func:`api_problems` runs a layer once on random data and lists what it breaks.
+parameter; a ``frozen_forward``, when there is one, gives ``forward``'s output at the layer's own
+``kink_signature()``.  :func:`api_problems` runs a layer once on random data and lists what it breaks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import copy
 
 import numpy as np
 
-from cnnbp.core.layers.base import Layer, Shape
+from cnnbp.core.layers.base import Layer, Shape, frozen_forward_of
 
 __all__ = ["api_problems"]
 
@@ -29,7 +30,7 @@ def api_problems(layer: Layer, input_shape: Shape, dtype: np.dtype | type, rng: 
         x = rng.standard_normal((batch, *input_shape)).astype(dtype)
         x_before = x.copy()
         y = np.asarray(layer.forward(x))
-        problems = _forward_problems(y, x, x_before, expected, dtype)
+        problems = _forward_problems(y, x, x_before, expected, dtype) or _frozen_problems(layer, x, y)
         if problems:
             return problems
         dy = rng.standard_normal(y.shape).astype(dtype)
@@ -50,6 +51,24 @@ def _forward_problems(y: np.ndarray, x: np.ndarray, x_before: np.ndarray, expect
         return [f"forward returns {y.dtype} for a {dtype} input (the dtype must be kept)"]
     if not np.array_equal(x, x_before, equal_nan=True):
         return ["forward modified its input x in place"]
+    return []
+
+
+def _frozen_problems(layer: Layer, x: np.ndarray, y: np.ndarray) -> list[str]:
+    """A frozen forward (the gradient checker's forward with every kink held) at the layer's own state
+    must be the forward: ``frozen_forward(x, kink_signature()) == forward(x)``, to rounding."""
+    twin = copy.deepcopy(layer)  # the frozen forward may overwrite what backward reads
+    frozen = frozen_forward_of(twin)
+    if frozen is None or not hasattr(twin, "kink_signature"):
+        return []
+    z = np.asarray(frozen(x.copy(), np.asarray(twin.kink_signature())))
+    if z.shape != y.shape or z.dtype != y.dtype:
+        return [f"frozen_forward returns {z.dtype} {z.shape}, forward {y.dtype} {y.shape}"]
+    tol = 1e-5 if y.dtype == np.float32 else 1e-12
+    diff = float(np.max(np.abs(z - y), initial=0.0))
+    if not diff <= tol * max(1.0, float(np.max(np.abs(y), initial=0.0))):
+        return [f"frozen_forward(x, kink_signature()) differs from forward(x) by up to {diff:.3g}; at the "
+                "layer's own state it must give forward's output"]  # fmt: skip
     return []
 
 

@@ -41,7 +41,7 @@ from functools import partial
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from cnnbp.core.layers.base import Layer
+from cnnbp.core.layers.base import Layer, frozen_forward_of
 from cnnbp.core.losses import Loss
 from cnnbp.core.network import Sequential
 
@@ -197,19 +197,8 @@ class Perturber:
         return any(d is not None for d in self.rough)
 
     def _freezer(self, j: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-        """Layer j's ``frozen_forward``, or None: when it has none, or a class below the one defining it
-        redefines ``forward``, ``backward`` or ``kink_signature`` (it may follow another convention)."""
-        layer = self.layers[j]
-        own = getattr(layer, "frozen_forward", None)
-        mro = type(layer).__mro__
-        owner = next((c for c in mro if "frozen_forward" in vars(c)), None)
-        if own is None or owner is None or "frozen_forward" in vars(layer):
-            return own
-        for name in ("forward", "backward", "kink_signature"):
-            definer = next((c for c in mro if name in vars(c)), owner)
-            if not issubclass(owner, definer):
-                return None
-        return own
+        """Layer j's frozen forward (:func:`~cnnbp.core.layers.base.frozen_forward_of`), or None."""
+        return frozen_forward_of(self.layers[j])
 
     def can_freeze(self, start: int) -> bool:
         """Whether every non-analytic layer from ``start`` on has a frozen forward."""

@@ -272,6 +272,21 @@ class Layer:
         return None
 
 
+def frozen_forward_of(layer: Layer) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """The layer's ``frozen_forward``, or None: when it has none, or a class below the one defining it
+    redefines ``forward``, ``backward`` or ``kink_signature`` (it may follow another convention)."""
+    own = getattr(layer, "frozen_forward", None)
+    mro = type(layer).__mro__
+    owner = next((c for c in mro if "frozen_forward" in vars(c)), None)
+    if own is None or owner is None or "frozen_forward" in vars(layer):
+        return own
+    for name in ("forward", "backward", "kink_signature"):
+        definer = next((c for c in mro if name in vars(c)), owner)
+        if not issubclass(owner, definer):
+            return None
+    return own
+
+
 def expect_rank(layer: str, input_shape: Shape, rank: int, what: str) -> None:
     """Raise ShapeError unless the per-sample ``input_shape`` has ``rank`` axes (``what`` says which)."""
     if len(input_shape) != rank:
