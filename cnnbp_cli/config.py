@@ -47,6 +47,7 @@ from cnnbp.core.optim import OPTIMIZERS, Optimizer
 from cnnbp.core.parallel import Threads
 from cnnbp.core.registry import LAYERS
 from cnnbp.core.schedules import SCHEDULES, Schedule
+from cnnbp.core.trainer import EVAL_BATCH
 from cnnbp.data import PATH_SOURCES, DataSpec
 from cnnbp.errors import UserError
 from cnnbp.plugins import load_plugins, plugin_specs
@@ -586,8 +587,6 @@ STEP_OVERHEAD = 64 * 2**20
 #: what each thread beyond the first reserves (its stack, its malloc arena, OpenBLAS's buffer): address
 #: space, counted only where ``ulimit -v`` limits it (it is hardly memory in use)
 THREAD_OVERHEAD = 128 * 2**20
-#: the evaluation batches: ``max(train.batch_size, EVAL_BATCH)`` samples (cnnbp.core.trainer.Trainer.evaluate)
-EVAL_BATCH = 256
 #: the phases of a run whose peaks are estimated, the key each message names and what to change there
 _PHASES = {
     "train": ("model", "training in batches of {n}", "use a smaller model or train.batch_size"),

@@ -302,7 +302,7 @@ class _Helpers:
         self.keys = [(j, key) for j, layer in enumerate(net.layers) for key in layer.params]
         self.layout = [(net.layers[j].params[k].dtype, net.layers[j].params[k].shape) for j, k in self.keys]
         n = -(-batch_size // shards.shards)  # the largest shard
-        self.eval_size = max(batch_size, 256)  # Trainer.evaluate's batches
+        self.eval_size = max(batch_size, shards.eval_size)  # the largest evaluation batch
         k = int(np.prod(net.output_shape))
         per_sample = {"x": int(np.prod(net.input_shape)) * 8, "y": max(k, 1) * 8, "out": k * 8, "loss": 8}
         sizes = {f"p{q}": np.dtype(dt).itemsize * int(np.prod(sh)) for q, (dt, sh) in enumerate(self.layout)}
@@ -502,10 +502,12 @@ class Shards:
     """
 
     def __init__(
-        self, net: Sequential, loss: Loss, shards: int, *, batch_size: int = 0, processes: bool | None = None
-    ) -> None:
+        self, net: Sequential, loss: Loss, shards: int, *, batch_size: int = 0, eval_size: int = 256,
+        processes: bool | None = None,
+    ) -> None:  # fmt: skip
         self.net = net
         self.batch_size = batch_size  # the largest batch the helper processes get room for (0: any seen)
+        self.eval_size = eval_size  # the largest evaluation batch they get room for (at least batch_size)
         self.replicas = [net, *(replicate(net) for _ in range(shards - 1))]
         self.losses = [copy.deepcopy(loss) for _ in range(shards)]
         self.workers = Workers()

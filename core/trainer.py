@@ -36,6 +36,8 @@ from cnnbp.core.optim import Optimizer
 from cnnbp.core.parallel import Pace, Shards, Threads, keep_freed_memory, shard_count, usable_cpus
 
 Params = dict[str, dict[str, np.ndarray]]
+#: the smallest batch :meth:`Trainer.evaluate` runs (forward only: larger batches, fewer calls)
+EVAL_BATCH = 256
 #: the stream of a step's random draws (dropout): ``default_rng([seed, STOCHASTIC_STREAM, step])``
 STOCHASTIC_STREAM = int.from_bytes(b"dropout", "big")
 #: ``on_batch(batch, n_batches, batch_loss)``, called after each update; ``batch`` counts from 1.
@@ -183,7 +185,8 @@ class Trainer:
             return None
         if self._shards is None:
             try:
-                self._shards = Shards(self.net, self.loss, self.shards, batch_size=self.batch_size)
+                self._shards = Shards(self.net, self.loss, self.shards, batch_size=self.batch_size,
+                                      eval_size=max(self.batch_size, EVAL_BATCH))  # fmt: skip
             except Exception:  # noqa: BLE001 - a layer that cannot be copied: one shard, as always
                 self._split = 1
                 return None
@@ -346,7 +349,7 @@ class Trainer:
         n = x.shape[0]
         if n == 0:
             return float("nan"), float("nan")
-        bs = int(batch_size or max(self.batch_size, 256))
+        bs = int(batch_size or max(self.batch_size, EVAL_BATCH))
         shards = self._parallel()
         with self.net.in_phase("eval"):
             if shards is None:
