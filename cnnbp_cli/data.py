@@ -59,6 +59,24 @@ _IDX_TYPES: dict[int, tuple[str, str]] = {
     0x0E: (">f8", "double"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(path: Path) -> str | None:
+    """The data format a file holds by its first bytes: ``npz`` (a zip), ``hdf5``, ``idx`` (gzipped, or
+    an IDX magic 00 00 ..), or None; UserError naming the file when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head.startswith(b"PK"):
+        return "npz"
+    if head.startswith(_HDF5_SIGNATURE):
+        return "hdf5"
+    if head.startswith(_GZIP_MAGIC) or (head[:2] == b"\x00\x00" and len(head) >= 4):
+        return "idx"
+    return None
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _NUMERIC_KINDS = "biuf"
 

@@ -27,7 +27,7 @@ from cnnbp.checkpoint import Checkpoint, read_checkpoint
 from cnnbp.config import RunConfig, config_from_dict
 from cnnbp.core.losses import LOSSES
 from cnnbp.core.network import Sequential
-from cnnbp.data import DataSpec, load_dataset
+from cnnbp.data import DataSpec, load_dataset, sniff
 from cnnbp.errors import UserError
 from cnnbp.files import json_number
 from cnnbp.inspection import dataset_text
@@ -36,7 +36,6 @@ from cnnbp.yamlio import read_yaml
 
 __all__ = ["Evaluation", "choose_checkpoint", "evaluate", "predicted_class", "true_class"]
 
-_HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass
@@ -113,15 +112,9 @@ def source_of(path: Path) -> str | None:
     YAML config).  Told apart by content, then by suffix."""
     if path.is_dir():
         return "idx"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if head.startswith(b"PK"):
-        return "npz"
-    if head.startswith(_HDF5):
-        return "hdf5"
+    kind = sniff(path)
+    if kind in ("npz", "hdf5"):
+        return kind
     return {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5"}.get(path.suffix.lower())
 
 

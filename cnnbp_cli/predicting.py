@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cnnbp.core.losses import SoftmaxCrossEntropy
-from cnnbp.data import npz_array_bytes, prepare_inputs, read_idx
+from cnnbp.data import npz_array_bytes, prepare_inputs, read_idx, sniff
 from cnnbp.errors import UserError
 from cnnbp.evaluating import choose_checkpoint, predicted_class, run_config
 from cnnbp.files import json_number
@@ -36,7 +36,6 @@ __all__ = ["IMAGE_HINT", "Prediction", "predict", "read_input"]
 
 IMAGE_HINT = "reading images needs Pillow: pip install 'cnnbp[image]'"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-_HDF5 = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass
@@ -70,25 +69,22 @@ def read_input(path: Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, bo
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if head.startswith(b"PK"):
+    kind = sniff(path)
+    if kind == "npz":
         return _npz(path), False, []
-    if head.startswith(_HDF5):
+    if kind == "hdf5":
         return _hdf5(path), False, []
-    if head[:2] == b"\x1f\x8b" or (head[:2] == b"\x00\x00" and len(head) >= 4):
+    if kind == "idx":
         return read_idx(path), False, []
-    if path.suffix.lower() in _IMAGE_SUFFIXES or _looks_like_image(head):
+    if path.suffix.lower() in _IMAGE_SUFFIXES or _looks_like_image(path):
         array, notes = read_image(path, input_shape)
         return array, True, notes
     raise UserError(f"{path}: not an NPZ, IDX, HDF5 or image file")
 
 
-def _looks_like_image(head: bytes) -> bool:
-    return head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF"))
+def _looks_like_image(path: Path) -> bool:
+    with open(path, "rb") as fh:  # readable: sniff has read it
+        return fh.read(4).startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF"))
 
 
 def _npz(path: Path) -> np.ndarray:

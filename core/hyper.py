@@ -27,6 +27,7 @@ __all__ = [
     "Bound",
     "alternatives",
     "check_hyper",
+    "set_checked",
     "HyperParam",
     "NonNegFloat",
     "NonNegInt",
@@ -293,3 +294,15 @@ def check_hyper(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key}: {e}") from None
         out[key] = (checked, checked) if _is_int(checked) and _admits_pair(annotation) else checked
     return out
+
+
+def set_checked(obj: Any, hyper: Mapping[str, Any]) -> None:
+    """Set ``hyper`` on ``obj`` as attributes, each conformed to ``type(obj)``'s signature
+    (:func:`check_hyper`); ValueError ``<obj.kind>: <name>: expected ...`` for a value that does not fit.
+    For classes configured by keyword (optimisers, schedules)."""
+    try:
+        checked = check_hyper(type(obj), hyper)
+    except ValueError as e:
+        raise ValueError(f"{obj.kind}: {e}") from None
+    for key, value in checked.items():
+        setattr(obj, key, value)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 
-from cnnbp.core.hyper import Bound, NonNegFloat, PositiveFloat, check_hyper, hyper_values
+from cnnbp.core.hyper import Bound, NonNegFloat, PositiveFloat, hyper_values, set_checked
 
 Params = dict[str, dict[str, np.ndarray]]
 #: a rate in [0, 1): momentum, Adam's betas
@@ -36,12 +36,7 @@ class Optimizer:
     lr: float
 
     def __init__(self, **hyper: Any) -> None:
-        try:
-            checked = check_hyper(type(self), hyper)
-        except ValueError as e:
-            raise ValueError(f"{self.kind}: {e}") from None
-        for key, value in checked.items():
-            setattr(self, key, value)
+        set_checked(self, hyper)
         #: updates done so far (Adam's t)
         self.t = 0
         self.state: dict[str, Params] = {name: {} for name in self.buffers}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from cnnbp.core.hyper import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, check_hyper, hyper_values
+from cnnbp.core.hyper import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, hyper_values, set_checked
 
 __all__ = ["SCHEDULES", "Constant", "Cosine", "Exponential", "Schedule", "Step"]
 
@@ -41,12 +41,7 @@ class Schedule:
     warmup: int = 0
 
     def __init__(self, **hyper: Any) -> None:
-        try:
-            checked = check_hyper(type(self), hyper)
-        except ValueError as e:
-            raise ValueError(f"{self.kind}: {e}") from None
-        for key, value in checked.items():
-            setattr(self, key, value)
+        set_checked(self, hyper)
 
     def hyper(self) -> dict[str, Any]:
         """Hyper-parameters as plain values (the config's keys but ``type``)."""
