@@ -355,9 +355,10 @@ class _Helpers:
 
     def send(
         self, k: int, phases: tuple[str, ...], jobs: list[tuple[int, np.ndarray, np.ndarray, object]]
-    ) -> None:
+    ) -> bool:
         """Give child ``k`` the shards ``(i, x_i, y_i, rng_i)`` to compute in the layers' ``phases``;
-        ``i`` = 0 is an evaluation batch (forward and loss only)."""
+        ``i`` = 0 is an evaluation batch (forward and loss only).  False when the child is gone (its
+        pipe closed): nothing is owed then."""
         if self._waiting[k - 1]:
             self.receive(k)  # the child is done with the slab before it is written again
         msg = []
@@ -367,8 +368,12 @@ class _Helpers:
             self.slab.array(f"{prefix}x{where}", xi.dtype, xi.shape)[...] = xi
             self.slab.array(f"{prefix}y{where}", yi.dtype, yi.shape)[...] = yi
             msg.append((i, xi.dtype.str, xi.shape, yi.dtype.str, yi.shape, rng))
-        self.conns[k - 1].send((k, phases, msg))
+        try:
+            self.conns[k - 1].send((k, phases, msg))
+        except OSError:  # BrokenPipeError: the child died (killed, out of memory)
+            return False
         self._waiting[k - 1] = True
+        return True
 
     def receive(self, k: int) -> str | None:
         """Wait for child ``k``: None when its shards are done, else what went wrong."""
@@ -615,14 +620,15 @@ class Shards:
         helpers.share_params(self.net)
         away = {k: [i for i in range(len(bounds)) if i % threads == k] for k in range(1, threads)}
         phases = tuple(layer.phase for layer in self.net.layers)
+        sent = {}
         for k, idx in away.items():
             jobs = [(i, x[slice(*bounds[i])], y[slice(*bounds[i])], self._rngs[i]) for i in idx]
-            helpers.send(k, phases, jobs)
+            sent[k] = helpers.send(k, phases, jobs)
         for i in range(0, len(bounds), threads):
             results[i] = self.compute(i, x[slice(*bounds[i])], y[slice(*bounds[i])])
         failed = []
         for k, idx in away.items():
-            if helpers.receive(k) is not None:
+            if not sent[k] or helpers.receive(k) is not None:
                 failed += idx
         for i in range(len(bounds)):
             if results[i] is None and i not in failed:
@@ -689,10 +695,9 @@ class Shards:
             r = 0
             while r < len(pieces) and self.helpers is helpers:
                 away = list(range(r + 1, min(r + threads, len(pieces))))
-                for i in away:
-                    helpers.send(i - r, phases, [(0, *pieces[i], None)])
+                sent = {i: helpers.send(i - r, phases, [(0, *pieces[i], None)]) for i in away}
                 results.append(self._forward(0, *pieces[r]))
-                failed = [i for i in away if helpers.receive(i - r) is not None]
+                failed = [i for i in away if not sent[i] or helpers.receive(i - r) is not None]
                 for i in away:  # a failed batch is computed here: the same numbers, an error raised as is
                     results.append(
                         self._forward(0, *pieces[i])

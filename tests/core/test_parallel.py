@@ -322,13 +322,36 @@ def test_evaluation_in_processes_is_the_evaluation_on_one_thread() -> None:
 
 @needs_fork
 @pytest.mark.usefixtures("two_cpus")
-def test_a_helper_that_dies_is_replaced_by_the_parent() -> None:
+def test_an_evaluation_whose_helper_died_is_computed_here() -> None:
+    x, y = batch(50)
+    net = dropout_net()
+    split = Shards(net, SoftmaxCrossEntropy(), 2, batch_size=8)
+    with net.in_phase("eval"):
+        here = split.evaluate(x.astype(np.float32), y, 9, threads=1)
+        split.evaluate(x.astype(np.float32), y, 9, threads=2)
+        assert split.helpers is not None
+        pid = split.helpers.pids[0]
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # gone before the next call: its pipe is closed
+        there = split.evaluate(x.astype(np.float32), y, 9, threads=2)
+    assert split.helpers is None
+    for (out_a, loss_a), (out_b, loss_b) in zip(there, here, strict=True):
+        np.testing.assert_array_equal(out_a, out_b)
+        np.testing.assert_array_equal(loss_a, loss_b)
+
+
+@needs_fork
+@pytest.mark.usefixtures("two_cpus")
+@pytest.mark.parametrize("dead_before", [False, True])
+def test_a_helper_that_dies_is_replaced_by_the_parent(dead_before: bool) -> None:
     x, y = batch(12)
     net, twin = cnn(), cnn()
     split = Shards(net, SoftmaxCrossEntropy(), 2)
     split.gradients(x, y, 2)
     assert split.helpers is not None
     os.kill(split.helpers.pids[0], signal.SIGKILL)
+    if dead_before:  # its pipe is closed before the step: sending to it fails, not only receiving
+        os.waitpid(split.helpers.pids[0], 0)
     value = split.gradients(x, y, 2)[0]
     assert split.helpers is None and not split.processes  # threads from now on
     expected = Shards(twin, SoftmaxCrossEntropy(), 2, processes=False).gradients(x, y, 1)[0]
