@@ -476,3 +476,6 @@ def test_a_run_from_before_shards_resumes_whole_batches(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads((run / "status.json").read_text(encoding="utf-8"))["shards"] == 1
     assert_same_state(last(run), last(straight_out / "small"))
+    result = invoke("train", "--resume", run, "--epochs", "5", "--quiet")  # and again, from its own record
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "status.json").read_text(encoding="utf-8"))["shards"] == 1
