@@ -760,6 +760,8 @@ class Session:
             elif cfg.model.init_from:  # resumed before checkpoint 0: the run starts over
                 load_initial_weights(session.net, cfg.model.init_from)
             session._check_total(epochs)
+            if session.complete:  # nothing to train; what a run killed mid-write left is cleared all the same
+                remove_stale_tmp(run_dir)
             return session
         except BaseException:
             locks.close()

@@ -191,8 +191,11 @@ def test_nothing_to_do_and_a_total_below_the_run(tmp_path: Path) -> None:
     assert invoke("train", write(tmp_path, cfg), "--out", tmp_path / "runs", "--quiet").exit_code == 0
     run = tmp_path / "runs" / "small"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    # a run killed after its last checkpoint, while rewriting status.json, left a temporary file
+    (run / ".status.json.abc123.tmp").write_text("{", encoding="utf-8")
     result = invoke("train", "--resume", run)
     assert result.exit_code == 0 and "nothing to do" in result.stderr
+    assert not list(run.rglob("*.tmp"))  # cleared all the same
     result = invoke("train", "--resume", run, "--epochs", "1")
     assert result.exit_code == 2 and "already at epoch 2" in result.stderr
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
