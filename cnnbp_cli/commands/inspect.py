@@ -50,7 +50,7 @@ from cnnbp.health import parse_thresholds
 from cnnbp.plugins import load_option
 from cnnbp.render import termplot as tp
 from cnnbp.render.compare import print_compare, print_compare_health
-from cnnbp.render.console import pct, plural, shape_text, stderr_console, wrap_pairs
+from cnnbp.render.console import pct, plural, print_lines, shape_text, stderr_console, wrap_pairs
 from cnnbp.render.health import print_health, print_health_all
 from cnnbp.render.sweep import print_sweep
 from cnnbp.runs import METRIC_COLUMNS
@@ -182,12 +182,6 @@ def _section(console: Console, text: str) -> None:
     console.print(Text(tp.clip(text, console.width), style="bold"), soft_wrap=True)
 
 
-def _print_lines(console: Console, lines: Sequence[Text]) -> None:
-    """Print lines as they are (they already fit the width)."""
-    for line in lines:
-        console.print(line, soft_wrap=True)
-
-
 def _ck_lines(ck: Checkpoint, width: int) -> list[Text]:
     """Which checkpoint is shown: its epoch, run and step, then its path (cut on the left to fit)."""
     flag = " · interrupted mid-epoch" if ck.interrupted else ""
@@ -239,13 +233,13 @@ def print_summary(console: Console, data: dict[str, Any], style: Style) -> None:
     console.print()
     console.print(Text(f"layers at checkpoint {ck['epoch']}", style="bold"), soft_wrap=True)
     right = [False, False, False, True, True, True, True, True]
-    _print_lines(console, tp.text_table(headers, rows, style.width, right=right))
+    print_lines(console, tp.text_table(headers, rows, style.width, right=right))
     n = run["probe_samples"]
     notes = [
         "‖θ‖, ‖∂L/∂θ‖: L2 norm over all of a layer's parameters (weights and biases)",
         f"mean|δ|, max|δ|: over every element of δ for the {plural(n, 'probe sample')}",
     ]
-    _print_lines(console, [Text(x, style="dim") for x in tp.pack(notes, style.width, sep="; ")])
+    print_lines(console, [Text(x, style="dim") for x in tp.pack(notes, style.width, sep="; ")])
     print_curves(console, data["metrics"], style, data.get("steps"))
 
 
@@ -321,7 +315,7 @@ def print_curves(
             kw = {"y_range": (0.0, 1.0), "y_format": lambda v: f"{100 * v:.0f}%"}
         console.print()
         chart = tp.line_chart(series, width=style.width, title=f"{title} per epoch", color=style.color, **kw)
-        _print_lines(console, chart)
+        print_lines(console, chart)
     if steps and len(steps.get("step", [])) >= 2:
         _step_curves(console, steps, style)
 
@@ -339,12 +333,12 @@ def _step_curves(console: Console, steps: dict[str, Any], style: Style) -> None:
     common = {"width": style.width, "color": style.color, "x_label": "step", "y_format": _loss_label}
     console.print()
     title = f"loss per step (smoothed over ~{window:.0f} steps)"
-    _print_lines(console, tp.line_chart(series, title=title, y_fit=fit, log_y=ins.log_scale(fit), **common))
+    print_lines(console, tp.line_chart(series, title=title, y_fit=fit, log_y=ins.log_scale(fit), **common))
     lr = np.asarray(steps["lr"], dtype=np.float64)
     if np.nanmax(lr) != np.nanmin(lr):
         console.print()
         lr_series = [tp.Series("lr", x, lr, "*", "green")]
-        _print_lines(console, tp.line_chart(lr_series, title="learning rate per step", **common))
+        print_lines(console, tp.line_chart(lr_series, title="learning rate per step", **common))
 
 
 def print_metrics(console: Console, data: dict[str, Any], style: Style) -> None:
@@ -354,7 +348,7 @@ def print_metrics(console: Console, data: dict[str, Any], style: Style) -> None:
             for values in ins.metric_rows(data["metrics"])]  # fmt: skip
     title = tp.clip_left(f"metrics · {data['source']}", style.width)
     console.print(Text(title, style="bold"), soft_wrap=True)
-    _print_lines(
+    print_lines(
         console, tp.text_table(METRIC_COLUMNS, rows, style.width, right=[True] * len(METRIC_COLUMNS))
     )
     print_curves(console, data["metrics"], style, data.get("steps"))
@@ -394,15 +388,15 @@ def print_deltas(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
     else:
         head.append("δ = ∂L_x/∂(layer output) for this sample's own loss (per sample, undivided);")
         head.append("maps: rows i and columns j counted from 1, as δ_ij in the seeds")
-    _print_lines(console, _ck_lines(ck, style.width))
-    _print_lines(console, [Text(tp.clip(h, style.width), style="dim") for h in head])
+    print_lines(console, _ck_lines(ck, style.width))
+    print_lines(console, [Text(tp.clip(h, style.width), style="dim") for h in head])
     _section(console, f"input · {shape_text(ck.input_shape)} · target {target_text}")
-    _print_lines(console, input_lines(np.asarray(ck.probe_x[s["index"]]), style))
+    print_lines(console, input_lines(np.asarray(ck.probe_x[s["index"]]), style))
     source, kind, symbol = (ck.activations, "activation", "a") if activations else (ck.deltas, "delta", "δ")
     for entry in data["layers"]:
         arr = source[entry["name"]][s["index"]]
         _section(console, f"{entry['name']} ({entry['type']}) · {symbol} · {shape_text(entry['shape'])}")
-        _print_lines(console, draw_array(arr, kind, style, entry["channel"]))
+        print_lines(console, draw_array(arr, kind, style, entry["channel"]))
 
 
 def input_lines(x: np.ndarray, style: Style) -> list[Text]:
@@ -449,7 +443,7 @@ def print_histograms(console: Console, data: dict[str, Any], style: Style) -> No
         labels = [f"{r['epoch']}*" if r["interrupted"] else str(r["epoch"]) for r in rows]
         notes = [_spread(r) for r in rows]
         counts = [r["counts"] for r in rows]
-        _print_lines(console, tp.histogram_rows(labels, counts, block["edges"], notes, width=style.width))
+        print_lines(console, tp.histogram_rows(labels, counts, block["edges"], notes, width=style.width))
     if not data["histograms"]:
         console.print("no arrays to show")
 
@@ -471,11 +465,11 @@ def print_params(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
     """The ``grads`` or ``weights`` view: each parameter array of each layer drawn."""
     which = data["view"]
     source = ck.grads if which == "grads" else ck.weights
-    _print_lines(console, _ck_lines(ck, style.width))
+    print_lines(console, _ck_lines(ck, style.width))
     if which == "grads":
         probes = plural(ins.probe_count(ck), "probe sample")
         note = f"∂L/∂θ: gradient of the mean loss over the {probes} at these weights"
-        _print_lines(console, [Text(tp.clip(note, style.width), style="dim")])
+        print_lines(console, [Text(tp.clip(note, style.width), style="dim")])
     if not data["layers"] or not any(entry["params"] for entry in data["layers"]):
         console.print(
             "no gradients recorded (the probe batch is empty)" if which == "grads" else "no parameters"
@@ -487,7 +481,7 @@ def print_params(console: Console, data: dict[str, Any], ck: Checkpoint, style: 
             _section(
                 console, f"{entry['name']}.{key} ({entry['type']}) · {label} · {shape_text(info['shape'])}"
             )
-            _print_lines(console, draw_array(source[entry["name"]][key], "param", style, info["channel"]))
+            print_lines(console, draw_array(source[entry["name"]][key], "param", style, info["channel"]))
 
 
 def print_norms(console: Console, data: dict[str, Any], style: Style) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cnnbp.errors import UserError
-from cnnbp.render.console import stderr_console, stdout_console
+from cnnbp.render.console import say, stderr_console, stdout_console
 from cnnbp.render.sweep import JsonTrials, TrialBar, TrialLines, counts_text, print_plan, print_result
 from cnnbp.sweeping import SweepCallback, SweepInterrupted, prepare
 
@@ -43,7 +43,7 @@ def sweep(
     plan = prepare(sweep_file, out)
     if dry_run:
         print_plan(stdout_console(), plan)
-        _say(f"dry run: the sweep and its {len(plan.trials)} trial configs are valid; nothing was written")
+        say(f"dry run: the sweep and its {len(plan.trials)} trial configs are valid; nothing was written")
         return
     metric = plan.spec.metric
     err = stderr_console()
@@ -53,18 +53,14 @@ def sweep(
     try:
         result = plan.run(workers, scheduler, callbacks)
     except SweepInterrupted as e:
-        _say(str(e))
-        _say(f"continue with: {_again(sweep_file, out)}")
+        say(str(e))
+        say(f"continue with: {_again(sweep_file, out)}")
         raise typer.Exit(e.exit_code) from None
     if not plan.to_run and not json_lines:
-        _say(f"nothing to do: {counts_text(result.counts, len(result.rows))}")
+        say(f"nothing to do: {counts_text(result.counts, len(result.rows))}")
     print_result(err if json_lines else stdout_console(), result)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
-
-
-def _say(text: str) -> None:
-    stderr_console().print(text, markup=False, soft_wrap=True, highlight=False)
 
 
 def _again(sweep_file: Path, out: Path) -> str:

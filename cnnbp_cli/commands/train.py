@@ -23,6 +23,7 @@ from cnnbp.render.console import (
     model_table,
     print_error,
     print_summary,
+    say,
     stderr_console,
     stdout_console,
     summary_lines,
@@ -85,10 +86,6 @@ def train(
         _run(session, out, dry_run=dry_run, json_lines=json_lines, quiet=quiet)
 
 
-def _say(text: str) -> None:
-    stderr_console().print(text, markup=False, soft_wrap=True, highlight=False)
-
-
 def _run(session: Session, out: Path, *, dry_run: bool, json_lines: bool, quiet: bool) -> None:
     if session.complete:
         if not quiet:
@@ -99,7 +96,7 @@ def _run(session: Session, out: Path, *, dry_run: bool, json_lines: bool, quiet:
             )
             text = f"{session.run_dir}: {session.complete_reason}; nothing to do{hint}"
             for line in textwrap.wrap(text, 80, break_long_words=False, break_on_hyphens=False):
-                _say(line)
+                say(line)
         return
     if not (json_lines or quiet):
         out_con = stdout_console()
@@ -110,7 +107,7 @@ def _run(session: Session, out: Path, *, dry_run: bool, json_lines: bool, quiet:
             out_con.print(line, markup=False, soft_wrap=True, highlight=False)
     if dry_run:
         if not quiet:
-            _say("dry run: config, model and data are valid; nothing was written")
+            say("dry run: config, model and data are valid; nothing was written")
         return
     log = TrainLog(header_lines(session))
     try:
@@ -126,7 +123,7 @@ def _train(session: Session, out: Path, log: TrainLog, *, json_lines: bool, quie
     except Interrupted as e:
         lines = [str(e)] + ([f"resume with: {resume_command(e.run_dir)}"] if e.run_dir is not None else [])
         for line in lines:
-            _say(line)
+            say(line)
         log.write(lines)
         raise typer.Exit(e.exit_code) from None
     except Diverged as e:
@@ -149,7 +146,7 @@ class _RunFolder(Callback):
 
     def on_start(self, info: StartInfo) -> None:
         for line in start_lines(info):
-            _say(line)
+            say(line)
 
 
 def _callbacks(session: Session, json_lines: bool, quiet: bool) -> list[Callback]:

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from cnnbp import inspection as ins
 from cnnbp.render import termplot as tp
-from cnnbp.render.console import pct
+from cnnbp.render.console import pct, print_lines
 
 MARKERS = "123456789abcdefghijklmnopqrstuvwxyz"
 COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "red")
@@ -176,11 +176,11 @@ def print_compare(console: Console, data: dict[str, Any], width: int, color: boo
     validation loss and accuracy and the loss per step, ``metrics`` for every metric per epoch)."""
     n = len(data["runs"])
     console.print(Text(tp.clip(f"{n} run{'s' if n != 1 else ''} side by side", width), style="bold"))
-    _print(console, table_lines(data, width))
+    print_lines(console, table_lines(data, width))
     if n > 1:
         console.print()
         console.print(Text("config keys that differ", style="bold"))
-        _print(console, differences_lines(data, width))
+        print_lines(console, differences_lines(data, width))
     has_val = any(np.isfinite(ins.metric_column(r["metrics"], "val_loss")).any() for r in data["runs"])
     if show == "metrics":
         keys = ["train_loss", "val_loss", "train_acc", "val_acc"] if has_val else ["train_loss", "train_acc"]
@@ -188,19 +188,14 @@ def print_compare(console: Console, data: dict[str, Any], width: int, color: boo
         keys = ["val_loss", "val_acc"] if has_val else ["train_loss", "train_acc"]
     for key in keys:
         console.print()
-        _print(console, epoch_chart(data, key, width, color))
+        print_lines(console, epoch_chart(data, key, width, color))
     charts = [step_chart(data, width, color)]
     if show == "metrics" and _lr_changes(data):
         charts.append(step_chart(data, width, color, "lr"))
     for chart in charts:
         if chart:
             console.print()
-            _print(console, chart)
-
-
-def _print(console: Console, lines: Sequence[Text]) -> None:
-    for line in lines:
-        console.print(line, soft_wrap=True)
+            print_lines(console, chart)
 
 
 # ---- health of several runs ---------------------------------------------------------------------------
@@ -232,7 +227,7 @@ def print_compare_health(
                 names.setdefault(f"{r['name']} update", ["-"] * n)[k] = figure_text(r["update_ratio"], 2)
     rows = [(key, *cells) for key, cells in names.items()]
     console.print()
-    _print(
+    print_lines(
         console,
         tp.text_table(("figure", *(marker(i) for i in range(n))), rows, width, right=[False] + [True] * n),
     )
@@ -241,4 +236,4 @@ def print_compare_health(
         console.print(
             Text(tp.clip(f"verdicts of {marker(i)} {labels[i]}", width), style="bold"), soft_wrap=True
         )
-        _print(console, verdict_lines(h["verdicts"], width))
+        print_lines(console, verdict_lines(h["verdicts"], width))

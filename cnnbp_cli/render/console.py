@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -40,11 +40,21 @@ def print_error(message: str, console: Console | None = None) -> None:
     console.print(f"error: {escape(message)}", style="red", soft_wrap=True)
 
 
+def print_lines(console: Console, lines: Iterable[Text | str]) -> None:
+    """Print lines as they are made (they already fit the width); a plain string is text, never markup."""
+    for line in lines:
+        console.print(line if isinstance(line, Text) else Text(line), soft_wrap=True)
+
+
 def print_report(lines: Callable[[int], Sequence[Text | str]]) -> None:
     """Print ``lines(width)`` on stdout, each line as made: the terminal's width, 80 in a pipe."""
     console = stdout_console()
-    for line in lines(console.width if console.is_terminal else 80):
-        console.print(line, soft_wrap=True)
+    print_lines(console, lines(console.width if console.is_terminal else 80))
+
+
+def say(text: str) -> None:
+    """One line of progress or a notice on stderr, as it is (no markup, no highlighting)."""
+    stderr_console().print(text, markup=False, soft_wrap=True, highlight=False)
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -177,5 +187,4 @@ def summary_lines(s: RunSummary, width: int = 80) -> list[Text]:
 
 
 def print_summary(console: Console, s: RunSummary) -> None:
-    for line in summary_lines(s, max(console.width, 40) if console.is_terminal else 80):
-        console.print(line, soft_wrap=True)
+    print_lines(console, summary_lines(s, max(console.width, 40) if console.is_terminal else 80))

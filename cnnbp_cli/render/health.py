@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cnnbp.render import termplot as tp
-from cnnbp.render.console import plural
+from cnnbp.render.console import plural, print_lines
 
 UNIT_WORD = {"dead": "dead units", "saturated": "saturated"}
 
@@ -23,11 +23,6 @@ def figure_text(v: float | None, precision: int = 4, missing: str = "-") -> str:
 
 def fraction_text(v: float) -> str:
     return f"{100 * v:.1f}%" if math.isfinite(v) else "-"
-
-
-def _print(console: Console, lines: Sequence[Text | str]) -> None:
-    for line in lines:
-        console.print(line if isinstance(line, Text) else Text(line), soft_wrap=True)
 
 
 def _heading(console: Console, text: str, width: int) -> None:
@@ -132,23 +127,23 @@ def print_health(
 ) -> None:
     """One checkpoint's health: flow, units, parameters, verdicts (``head``: which checkpoint)."""
     h = data["health"]
-    _print(console, head)
+    print_lines(console, head)
     lr = f" at lr {tp.scalar(h['lr'], 4)}" if math.isfinite(h["lr"]) else ""
     note = f"gradient health of the probe batch ({plural(h['probe_samples'], 'sample')}){lr}"
-    _print(console, [Text(tp.clip(note, width), style="dim")])
+    print_lines(console, [Text(tp.clip(note, width), style="dim")])
     if h["probe_samples"] == 0:
         console.print("no probe samples recorded (record.probe: 0): nothing to judge")
         return
     _heading(console, "δ flow, output → input: mean over the probe samples of ‖δ_x‖", width)
-    _print(console, flow_lines(h, width, precision))
+    print_lines(console, flow_lines(h, width, precision))
     _heading(console, "units", width)
-    _print(console, units_lines(h, width))
+    print_lines(console, units_lines(h, width))
     _heading(console, "parameters: ratio = ‖∂L/∂θ‖ / ‖θ‖, the update ratio lr × ratio", width)
-    _print(console, params_lines(h, width, precision))
+    print_lines(console, params_lines(h, width, precision))
     _heading(console, f"verdicts at checkpoint {h['epoch']}", width)
-    _print(console, verdict_lines(data["verdicts"], width))
+    print_lines(console, verdict_lines(data["verdicts"], width))
     console.print()
-    _print(console, threshold_lines(data["thresholds"], width))
+    print_lines(console, threshold_lines(data["thresholds"], width))
 
 
 # ---- across checkpoints ---------------------------------------------------------------------------------
@@ -218,7 +213,7 @@ def print_health_all(console: Console, data: dict[str, Any], width: int) -> None
         Text(tp.clip("gradient health per checkpoint (columns)", width), style="bold"), soft_wrap=True
     )
     console.print()
-    _print(console, epoch_blocks(heads, history_rows(history), width))
+    print_lines(console, epoch_blocks(heads, history_rows(history), width))
     notes = [
         "δ in/out: ‖δ‖ of the first layer ÷ ‖δ‖ of the last; dead: fraction of a relu layer's units "
         "zero for every probe sample; update: lr × ‖∂L/∂θ‖ / ‖θ‖"
@@ -227,8 +222,8 @@ def print_health_all(console: Console, data: dict[str, Any], width: int) -> None
         notes.append("* interrupted mid-epoch")
     console.print()
     for note in notes:
-        _print(console, [Text(x, style="dim") for x in tp.pack(note.split(" "), width, sep=" ")])
+        print_lines(console, [Text(x, style="dim") for x in tp.pack(note.split(" "), width, sep=" ")])
     _heading(console, f"verdicts at checkpoint {history[-1]['epoch']}", width)
-    _print(console, verdict_lines(data["verdicts"], width))
+    print_lines(console, verdict_lines(data["verdicts"], width))
     console.print()
-    _print(console, threshold_lines(data["thresholds"], width))
+    print_lines(console, threshold_lines(data["thresholds"], width))

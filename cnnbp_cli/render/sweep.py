@@ -17,7 +17,7 @@ from rich.text import Text
 
 from cnnbp.inspection import log_scale
 from cnnbp.render import termplot as tp
-from cnnbp.render.console import num, pct, plural
+from cnnbp.render.console import num, pct, plural, print_lines
 from cnnbp.runs import inspect_command
 from cnnbp.sweeping import STATUSES, SweepCallback, SweepPlan, SweepResult, SweepStart, TrialRow, rank
 
@@ -50,10 +50,8 @@ def print_plan(console: Console, plan: SweepPlan) -> None:
             p.action, f"keep {p.row.status}"
         )
         rows.append([str(i + 1), p.trial.name, todo, " ".join(p.trial.overrides)])
-    for line in tp.text_table(
-        ["#", "trial", "to do", "overrides"], rows, width, right=[True, False, False, False]
-    ):
-        console.print(line, soft_wrap=True)
+    print_lines(console, tp.text_table(["#", "trial", "to do", "overrides"], rows, width,
+                                       right=[True, False, False, False]))  # fmt: skip
 
 
 # ---- progress -----------------------------------------------------------------------------------------
@@ -197,8 +195,7 @@ def print_result(console: Console, result: SweepResult) -> None:
     width = console.width
     by = f"ranked by the last epoch's {result.metric} ({result.mode})"
     console.print(Text(tp.clip(f"sweep {result.name} · {by}", width), style="bold"), soft_wrap=True)
-    for line in ranked_table(result.rows, result.metric, result.mode, width):
-        console.print(line, soft_wrap=True)
+    print_lines(console, ranked_table(result.rows, result.metric, result.mode, width))
     console.print(f"trials   {counts_text(result.counts, len(result.rows))}", markup=False, soft_wrap=True)
     console.print(f"inspect  {inspect_command(result.folder)}", markup=False, soft_wrap=True, highlight=False)
 
@@ -222,8 +219,7 @@ def print_sweep(console: Console, summary: dict[str, Any], color: bool) -> None:
     for key, value in head:
         console.print(Text(tp.clip(f"{key.ljust(8)}{value}", width)), soft_wrap=True)
     console.print()
-    for line in ranked_table(rows, metric, mode, width):
-        console.print(line, soft_wrap=True)
+    print_lines(console, ranked_table(rows, metric, mode, width))
     curves = summary["curves"][: len(MARKERS)]
     for column in (metric, summary["other"]):
         print_curves(console, curves, column, width, color)
@@ -245,8 +241,8 @@ def print_curves(
     fmt = pct if acc else (lambda v: format(v, ".4g"))
     title = f"{column} of the best, by rank:"
     console.print()
-    for line in tp.line_chart(series, width=width, title=title, y_format=fmt, color=color, log_y=log_y):
-        console.print(line, soft_wrap=True)
+    chart = tp.line_chart(series, width=width, title=title, y_format=fmt, color=color, log_y=log_y)
+    print_lines(console, chart)
 
 
 def _nan(value: Any) -> float:
