@@ -22,9 +22,8 @@ def test_backward_matches_finite_differences(case: tuple, rng: np.random.Generat
     check_layer("conv", layer, rng.standard_normal((n, c, h, w)), rng)
 
 
-@pytest.mark.parametrize("case", shared.CONV_CASES, ids=shared.conv_id)
-def test_matches_reference(case: tuple, rng: np.random.Generator) -> None:
-    """Conv forward, ∂L/∂X (full conv of dilated δ with rot180 F, cropped), ∂L/∂F, ∂L/∂b."""
+def assert_matches_loop_reference(case: tuple, rng: np.random.Generator) -> None:
+    """The layer's forward and backward against the loop reference written from the seeds."""
     c, h, w, f, k, s, p, bias, n = case
     layer = shared.build(Conv2D(f, k, stride=s, padding=p, bias=bias), (c, h, w), rng)
     assert isinstance(layer, Conv2D)
@@ -40,6 +39,12 @@ def test_matches_reference(case: tuple, rng: np.random.Generator) -> None:
         return ref.conv_forward(xi, W, b, layer.stride, layer.padding)
 
     shared.assert_matches_reference(layer, x, d, forward, backward)
+
+
+@pytest.mark.parametrize("case", shared.CONV_CASES, ids=shared.conv_id)
+def test_matches_reference(case: tuple, rng: np.random.Generator) -> None:
+    """Conv forward, ∂L/∂X (full conv of dilated δ with rot180 F, cropped), ∂L/∂F, ∂L/∂b."""
+    assert_matches_loop_reference(case, rng)
 
 
 def test_kernel_larger_than_input() -> None:
@@ -166,21 +171,7 @@ def test_every_conv_path_matches_finite_differences(case: tuple, rng: np.random.
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=path_id)
 def test_every_conv_path_matches_the_loop_reference(case: tuple, rng: np.random.Generator) -> None:
-    c, h, w, f, k, s, p, bias, n = case
-    layer = shared.build(Conv2D(f, k, stride=s, padding=p, bias=bias), (c, h, w), rng)
-    assert isinstance(layer, Conv2D)
-    x = rng.standard_normal((n, c, h, w))
-    d = rng.standard_normal((n, *layer.output_shape((c, h, w))))
-    W, b = layer.params["W"], layer.params["b"]
-
-    def backward(xi: np.ndarray, di: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        rdx, rdW, rdb = ref.conv_backward(xi, W, di, layer.stride, layer.padding, bias == "tied")
-        return rdx, {"W": rdW, "b": rdb}
-
-    def forward(xi: np.ndarray) -> np.ndarray:
-        return ref.conv_forward(xi, W, b, layer.stride, layer.padding)
-
-    shared.assert_matches_reference(layer, x, d, forward, backward)
+    assert_matches_loop_reference(case, rng)
 
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=path_id)
