@@ -31,7 +31,7 @@ from cnnbp.data import DataSpec, load_dataset, sniff
 from cnnbp.errors import UserError
 from cnnbp.files import json_number
 from cnnbp.inspection import dataset_text
-from cnnbp.runs import Run, resolve_checkpoint, run_folder, run_monitor
+from cnnbp.runs import NoBestEpoch, Run, resolve_checkpoint, run_folder, run_monitor
 from cnnbp.yamlio import read_yaml
 
 __all__ = ["Evaluation", "choose_checkpoint", "evaluate", "predicted_class", "true_class"]
@@ -88,9 +88,7 @@ def choose_checkpoint(target: Path | str | Run, checkpoint: str | int | None) ->
     run_dir = run_folder(path) or path
     try:
         return read_checkpoint(resolve_checkpoint(path, "best")), _best_words(run_dir)
-    except UserError as e:
-        if "no validation data" not in str(e):
-            raise
+    except NoBestEpoch:
         return read_checkpoint(resolve_checkpoint(path, "last")), "last (the run has no validation data)"
 
 

@@ -184,6 +184,10 @@ def best_epoch(
     return next((e, v) for e, v in pairs if v == top)
 
 
+class NoBestEpoch(UserError):
+    """``best`` asked of a run that has no validation metric to pick it by."""
+
+
 def best_checkpoint(run_dir: Path, found: Sequence[tuple[int, Path]] | None = None) -> Path:
     """The checkpoint of the run's best epoch (:func:`best_epoch`) among those on disk.
 
@@ -200,7 +204,7 @@ def best_checkpoint(run_dir: Path, found: Sequence[tuple[int, Path]] | None = No
         columns = {k: list(v) for k, v in read_checkpoint(found[-1][1]).history.items()}
     pick = best_epoch(columns, monitor, [e for e, _ in found])
     if pick is None:
-        raise UserError(
+        raise NoBestEpoch(
             f"--checkpoint best: {run_dir} has no {monitor} to compare (no validation data); "
             "give an epoch or 'last'"
         )
