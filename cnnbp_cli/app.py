@@ -31,7 +31,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # it and 0.08 s without, and an array is only touched a few times here.  Off unless the user sets it.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-import click  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
@@ -45,7 +44,13 @@ from cnnbp.commands.evaluate import evaluate_command  # noqa: E402
 from cnnbp.commands.predict import predict_command  # noqa: E402
 from cnnbp.errors import InternalError, UserError, out_of_memory, write_crash_log  # noqa: E402
 from cnnbp.render.console import print_error  # noqa: E402
-from cnnbp.render.usage import UsageError, is_help_request, plain_flags, usage_message  # noqa: E402
+from cnnbp.render.usage import (  # noqa: E402
+    DELIBERATE_EXITS,
+    UsageError,
+    is_help_request,
+    plain_flags,
+    usage_message,
+)
 
 
 class _Group(TyperGroup):
@@ -83,7 +88,7 @@ class _Group(TyperGroup):
                 raise
             print_error(usage_message(e, getattr(self, "_argv", [])))
             raise typer.Exit(UsageError.exit_code) from None
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, *DELIBERATE_EXITS):
             raise  # how Typer and Click end a command on purpose
         except BaseException as e:  # noqa: BLE001 - every other way out: one line and an exit code
             code = _one_line(e)

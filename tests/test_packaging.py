@@ -81,3 +81,23 @@ def test_no_submodule_shadows_a_public_name() -> None:
         submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
         shadowing = submodules & set(pkg.__all__)
         assert not shadowing, f"{prefix}{', '.join(sorted(shadowing))}: module names that are public names"
+
+
+def test_the_command_line_needs_only_the_declared_dependencies() -> None:
+    """Every command loads, and its help runs, with the packages pyproject does not declare made
+    unimportable (the test extras, and click, which Typer ≥ 0.20 no longer installs)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    declared = {re.split(r"[<>=\[ ]", d)[0].lower().replace("-", "_") for d in deps}
+    blocked = sorted({"click", "dask", "distributed", "torch", "onnx", "onnxruntime", "matplotlib",
+                      "tensorboardX", "PIL", "hypothesis", "pytest"} - declared)  # fmt: skip
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None  # import fails as if not installed\n"
+        "sys.argv = ['cnnbp', 'train', '--help']\n"
+        "from cnnbp.__main__ import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: cnnbp train" in proc.stdout

@@ -15,18 +15,36 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-try:  # Typer ≥ 0.20 carries its own click
+try:  # Typer ≥ 0.20 carries its own click (the click package need not be installed); its Exit and
+    # Abort are typer.Exit and typer.Abort
     from typer._click.exceptions import (
         BadOptionUsage,
         BadParameter,
+        ClickException,
         MissingParameter,
         NoSuchOption,
         UsageError,
     )
-except ImportError:  # pragma: no cover - Typer on the click package
-    from click.exceptions import BadOptionUsage, BadParameter, MissingParameter, NoSuchOption, UsageError
 
-__all__ = ["UsageError", "is_help_request", "plain_flags", "usage_message"]
+    _CLICK_EXITS: tuple[type[BaseException], ...] = ()
+except ImportError:  # pragma: no cover - Typer on the click package
+    from click.exceptions import (
+        Abort,
+        BadOptionUsage,
+        BadParameter,
+        ClickException,
+        Exit,
+        MissingParameter,
+        NoSuchOption,
+        UsageError,
+    )
+
+    _CLICK_EXITS = (Exit, Abort)
+
+#: how Typer and its click end a command on purpose (exit codes, aborts, their own messages)
+DELIBERATE_EXITS = (*_CLICK_EXITS, ClickException)
+
+__all__ = ["DELIBERATE_EXITS", "UsageError", "is_help_request", "plain_flags", "usage_message"]
 
 
 def is_help_request(e: Exception) -> bool:
