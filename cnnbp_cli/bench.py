@@ -5,7 +5,7 @@ A *step* is what training does once per batch: forward, loss, backward (no gradi
 and the optimiser's update.  :func:`run_bench` builds the inputs, times steps, profiles the layers,
 and with ``vs_torch`` mirrors the network in PyTorch (:mod:`cnnbp.torch_mirror`) with the same weights
 and the same kind of optimiser, checks that the loss and every gradient agree, then times both in
-alternation.  Nothing here prints.
+alternation (in blocks of steps when threads run, see :data:`BLOCK`).  Nothing here prints.
 
 Threads: ``threads`` is the engine's setting (``train.threads``: the batch cut into that many shards,
 see :mod:`cnnbp.core.parallel`), run on as many threads as the shards and CPUs allow, each with one
@@ -43,6 +43,7 @@ __all__ = [
     "LayerTime",
     "TORCH_HINT",
     "Timing",
+    "BLOCK",
     "alternate",
     "blas_threads",
     "check_agreement",
@@ -54,7 +55,6 @@ __all__ = [
     "random_batch",
     "run_bench",
     "tensor_error",
-    "torch_wait_passively",
     "use_threads",
 ]
 
@@ -139,6 +139,7 @@ class BenchResult:
     torch: Timing | None = None
     agreement: Agreement | None = None
     ratio: float | None = None  # engine median / torch median (alternating runs)
+    block: int = 1  # steps each side ran in a row in that alternation
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for ``json.dumps``; the agreement with its ``max_rel_err`` and ``ok`` too."""
@@ -204,18 +205,6 @@ def limit_threads(n: int, argv: list[str] | None = None) -> None:
     os.environ.update({k: str(n) for k in _THREAD_ENV})  # for libraries loaded from now on
 
 
-def torch_wait_passively() -> None:
-    """Let PyTorch's worker threads sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``,
-    unless set already; it has to be set before torch is imported).
-
-    With several threads, the two libraries timed in alternation in one process otherwise fight
-    over the cores: OpenMP threads spin for a while after each PyTorch op, and the engine's next
-    step runs beside them (on 2 cores we measured PyTorch 5-10× slower and the engine 2-5× slower
-    than each runs alone).  With one thread there are no worker threads and this changes nothing.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def parse_threads(value: str | int | None) -> Threads:
     """``auto`` or a positive integer (``--threads``, ``train.threads``); ValueError otherwise."""
     if value is None or value == "auto":
@@ -231,11 +220,9 @@ def parse_threads(value: str | int | None) -> Threads:
 
 def use_threads(n: int, *, torch: bool, argv: list[str] | None = None) -> None:
     """Cap numpy's BLAS at ``n`` threads (see :func:`limit_threads`) and, with ``torch``, PyTorch too
-    (imported here; its workers wait passively when ``n`` > 1)."""
+    (imported here)."""
     limit_threads(n, argv)
     if torch:
-        if n > 1:
-            torch_wait_passively()
         import torch as torch_module
 
         torch_module.set_num_threads(n)
@@ -328,18 +315,24 @@ def profile_layers(
     return rows, 1e3 * med(rest)
 
 
-def alternate(fns: list[Callable[[], None]], steps: int, warmup: int) -> list[list[float]]:
-    """Time each function once per round, round after round, so that all see the same machine;
-    the seconds of every call, per function."""
+#: steps each side runs in a row when threads run (see :func:`_timed`)
+BLOCK = 10
+
+
+def alternate(fns: list[Callable[[], None]], steps: int, warmup: int, block: int = 1) -> list[list[float]]:
+    """Time ``steps`` calls of each function, ``block`` calls of one after ``block`` of the next, round
+    after round, so that all see the same machine; the seconds of every call, per function."""
     for _ in range(warmup):
         for f in fns:
             f()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(steps):
+    while len(times[0]) < steps:
+        n = min(block, steps - len(times[0]))
         for f, t in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            f()
-            t.append(time.perf_counter() - t0)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                f()
+                t.append(time.perf_counter() - t0)
     return times
 
 
@@ -423,8 +416,6 @@ def run_bench(
     if vs_torch:
         if not have_torch():
             raise UserError(TORCH_HINT)
-        if running > 1:
-            torch_wait_passively()
         mirror = TorchMirror(net, loss)  # same initial weights
         agreement = check_agreement(net, loss, mirror, x, y)
     torch_before = mirror.torch.get_num_threads() if mirror is not None else 0
@@ -451,7 +442,14 @@ def _timed(
     steps: int,
     warmup: int,
 ) -> BenchResult:
-    """The timing part of :func:`run_bench`: engine (and PyTorch) in alternation, then the profile."""
+    """The timing part of :func:`run_bench`: engine (and PyTorch) in alternation, then the profile.
+
+    With more than one thread each side runs :data:`BLOCK` steps in a row.  PyTorch's OpenMP workers
+    spin for a while after each of its ops before they sleep (its default, which is how it trains), so
+    an engine step right after a PyTorch step runs beside spinning threads: alternating step by step we
+    measured the engine 1.7× slower than alone on 2 cores.  Making the workers sleep at once
+    (``OMP_WAIT_POLICY=PASSIVE``, what this did before) slows PyTorch 1.6–2× instead.  In blocks only
+    the first step of each is disturbed, and the medians leave it out."""
     batch, dtype = x.shape[0], net.dtype
 
     # time the engine and torch from the same weights: keep a copy, restore it before profiling; the
@@ -463,7 +461,8 @@ def _timed(
     fns = [engine_step(net, loss, optimizer, x, y, shards, running)]
     if mirror is not None:
         fns.append(mirror.step_fn(x, y, optimizer))
-    times = alternate(fns, steps, warmup)  # with the engine alone: plain repeated steps
+    block = BLOCK if mirror is not None and running > 1 else 1
+    times = alternate(fns, steps, warmup, block)  # with the engine alone: plain repeated steps
     engine = Timing.of(times[0], batch)
     torch_timing = ratio = None
     if mirror is not None:
@@ -496,4 +495,5 @@ def _timed(
         agreement=agreement,
         ratio=ratio,
         profile_batch=hi - lo,
+        block=block,
     )

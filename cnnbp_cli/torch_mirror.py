@@ -11,7 +11,7 @@ of the engine's ``probe`` phase (deterministic, batch statistics); training step
 timing) run in whatever mode the model is in, by default torch's train mode.
 
 PyTorch is optional (``pip install 'cnnbp[torch]'``): it is imported when a mirror is built, never when
-this module is, so that thread settings made before (``cnnbp.bench.torch_wait_passively``) still apply.
+this module is, so that thread settings made before (``cnnbp.bench.limit_threads``) still apply.
 """
 
 from __future__ import annotations

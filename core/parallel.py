@@ -37,6 +37,7 @@ import signal
 import statistics
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -57,6 +58,9 @@ Threads = int | Literal["auto"]
 AUTO_MIN_WORK = 3_000_000
 #: the shards of ``auto``
 AUTO_SHARDS = 2
+#: how long a process waiting for the other side of a hand-off polls before it sleeps (see
+#: :func:`spin_until_ready`): about the serial part of a step
+SPIN_SECONDS = 0.002
 
 
 def shard_bounds(m: int, shards: int) -> list[tuple[int, int]]:
@@ -378,6 +382,7 @@ class _Helpers:
     def receive(self, k: int) -> str | None:
         """Wait for child ``k``: None when its shards are done, else what went wrong."""
         try:
+            spin_until_ready(self.conns[k - 1])
             reply = self.conns[k - 1].recv()
         except (EOFError, OSError) as e:
             reply = f"helper process ended ({e!r})"
@@ -414,6 +419,21 @@ class _Helpers:
         self._stop()
 
 
+def spin_until_ready(conn: object, seconds: float = SPIN_SECONDS) -> bool:
+    """Poll ``conn`` for up to ``seconds`` before the caller blocks reading it; whether it has data.
+
+    Two hand-offs a step (the shard out, the reply back) each wake a process that was asleep, which on
+    the 2-core development VM costs 50–150 µs (a pipe round trip: 36 µs with the other side polling,
+    102 µs with it asleep).  Polling briefly first saved 5–6 % of a step: LeNet-5 b64 f32 5.26 →
+    4.97 ms, DLT b50 f32 2.35 → 2.20 ms (means of 4 A/B pairs of 600 steps).  Bounded, so a helper
+    with nothing to do soon sleeps, and a busy machine loses at most this much CPU per hand-off."""
+    end = time.perf_counter() + seconds
+    while not conn.poll():  # type: ignore[attr-defined]
+        if time.perf_counter() >= end:
+            return False
+    return True
+
+
 def _end_children(conns: list, pids: list[int]) -> None:
     for conn in conns:
         try:
@@ -434,6 +454,7 @@ def _serve_shards(shards: Shards, helpers: _Helpers, conn: object) -> None:
     net, slab = shards.net, helpers.slab  # net's parameters: the shared ones (see share_params)
     while True:
         try:
+            spin_until_ready(conn)
             msg = conn.recv()  # type: ignore[attr-defined]
         except (EOFError, OSError):
             return

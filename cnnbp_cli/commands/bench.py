@@ -73,7 +73,8 @@ def _render(result: BenchResult) -> None:
             each = f"threads: engine {th['engine']}, torch {th['torch']}"
         else:
             each = f"{th['engine']} {each}"
-        con.print(f"ratio engine / torch at {each} (medians, alternating): {result.ratio:.2f}", markup=False)
+        how = "alternating" if result.block == 1 else f"in blocks of {result.block} steps"
+        con.print(f"ratio engine / torch at {each} (medians, {how}): {result.ratio:.2f}", markup=False)
 
 
 def bench(

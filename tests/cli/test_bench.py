@@ -73,6 +73,14 @@ def test_alternate_runs_rounds_after_the_warm_up() -> None:
     assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
 
 
+def test_alternate_in_blocks_runs_each_side_a_block_at_a_time() -> None:
+    """Blocks of 2 over 5 steps: a a b b, a a b b, then the one step left of each; no warm-up here."""
+    calls: list[str] = []
+    times = bench.alternate([lambda: calls.append("a"), lambda: calls.append("b")], 5, 0, block=2)
+    assert "".join(calls) == "aabbaabbab"
+    assert [len(t) for t in times] == [5, 5]
+
+
 def test_engine_step_is_a_training_step() -> None:
     """One call: gradients of the batch-mean loss (no input gradient), then the optimiser's update."""
     net, ref = built_net(), built_net()
@@ -205,7 +213,7 @@ def test_check_agreement_floors_each_gradient_at_its_layers_scale() -> None:
 @pytest.fixture
 def restore_threads() -> Iterator[None]:
     """Put numpy's BLAS thread count and the thread variables back after the test."""
-    saved = {var: os.environ.get(var) for var in (*bench._THREAD_ENV, "OMP_WAIT_POLICY")}
+    saved = {var: os.environ.get(var) for var in bench._THREAD_ENV}
     before = bench.blas_threads()
     yield
     if before is not None:
@@ -222,16 +230,6 @@ def test_limit_threads_caps_blas_and_sets_the_variables() -> None:
     bench.limit_threads(1)
     assert bench.blas_threads() in (1, None)  # None: a BLAS whose count cannot be asked
     assert all(os.environ[var] == "1" for var in bench._THREAD_ENV)
-
-
-@pytest.mark.usefixtures("restore_threads")
-def test_torch_wait_passively_keeps_a_given_policy() -> None:
-    os.environ.pop("OMP_WAIT_POLICY", None)
-    bench.torch_wait_passively()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
-    bench.torch_wait_passively()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 @pytest.mark.usefixtures("restore_threads")

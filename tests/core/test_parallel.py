@@ -26,6 +26,7 @@ from cnnbp.core.parallel import (
     replicate,
     shard_bounds,
     shard_count,
+    spin_until_ready,
 )
 
 
@@ -426,3 +427,22 @@ def test_helpers_ignore_ctrl_c_and_end_with_their_shards() -> None:
     split.close()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_spin_until_ready_sees_data_at_once_and_gives_up_after_its_time() -> None:
+    """A hand-off polls before it sleeps: True as soon as the pipe holds data; False once the time is up
+    with nothing there (bounded: a helper with nothing to do goes to sleep)."""
+    import multiprocessing
+    import time
+
+    mine, theirs = multiprocessing.Pipe()
+    try:
+        t0 = time.perf_counter()
+        assert spin_until_ready(mine, 0.02) is False
+        assert time.perf_counter() - t0 >= 0.02
+        theirs.send("shard")
+        assert spin_until_ready(mine, 60.0) is True  # returns at once, not after a minute
+        assert mine.recv() == "shard"
+    finally:
+        mine.close()
+        theirs.close()
