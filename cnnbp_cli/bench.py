@@ -31,7 +31,7 @@ from cnnbp.core.gradcheck import relative_error
 from cnnbp.core.losses import MSE, Loss
 from cnnbp.core.network import Sequential
 from cnnbp.core.optim import Optimizer
-from cnnbp.core.parallel import Shards, Threads, shard_bounds, shard_count, usable_cpus
+from cnnbp.core.parallel import Shards, Threads, keep_freed_memory, shard_bounds, shard_count, usable_cpus
 from cnnbp.errors import UserError
 from cnnbp.torch_mirror import TORCH_HINT, TorchMirror, have_torch
 
@@ -406,6 +406,7 @@ def run_bench(
     ``threads`` is the engine's setting (``train.threads``); the engine's shards run on
     ``min(shards, CPUs)`` threads, and PyTorch is timed on as many (its count is put back after)."""
     dtype = np.dtype(dtype)
+    keep_freed_memory()  # as the trainer does: steps measured without its page faults are the steps it runs
     rng = np.random.default_rng(seed)
     net.build(rng, dtype)
     x, y = random_batch(net, loss, batch, dtype, rng)
