@@ -125,7 +125,8 @@ def print_header(title: str) -> None:
 
 
 def print_epoch(r: dict) -> None:
-    spread = f"{r['ratio']:.2f} ({min(r['ratios']):.2f}–{max(r['ratios']):.2f})"
+    # three decimals: the verdict is on the unrounded ratio (0.752 printed as 0.75 beside FAIL misled)
+    spread = f"{r['ratio']:.3f} ({min(r['ratios']):.2f}–{max(r['ratios']):.2f})"
     threads = f"cnnbp {r['threads']['cnnbp']}, torch {r['threads']['torch']}"
     verdict = "PASS" if r["pass"] else "FAIL"
     print(
@@ -210,7 +211,7 @@ def busy_rows(mnist: Path, rounds: int, spin: bool = True) -> list[dict]:
              "times": times}  # fmt: skip
         rows.append(r)
         print(
-            f"{r['figure']:<27} threads 1: {one:6.2f}s  auto: {auto:6.2f}s  auto/1 {r['ratio']:.2f}"
+            f"{r['figure']:<27} threads 1: {one:6.2f}s  auto: {auto:6.2f}s  auto/1 {r['ratio']:.3f}"
             f"  goal ≤ 1.00  {'PASS' if r['pass'] else 'FAIL'}",
             flush=True,
         )
