@@ -34,7 +34,14 @@ from cnnbp.core.network import Sequential
 from cnnbp.errors import UserError
 from cnnbp.exporters import load_json, load_npz, to_json_text, to_npz_bytes
 from cnnbp.files import commit, json_number, staged
-from cnnbp.onnx_graph import INSTALL_HINT, ExportError, onnx_available, to_onnx, verify_onnx
+from cnnbp.onnx_graph import (
+    INSTALL_HINT,
+    ExportError,
+    NeedsDecomposedError,
+    onnx_available,
+    to_onnx,
+    verify_onnx,
+)
 from cnnbp.runs import Run, find_checkpoints, resolve_checkpoint, run_folder
 
 if TYPE_CHECKING:
@@ -330,11 +337,8 @@ def _onnx_bytes(src: Source, opset: int, ops: str, report: ExportReport) -> byte
     }
     try:
         model = to_onnx(src.net, ck.loss, opset=opset, metadata=metadata, graph_name=ck.run_name, ops=ops)
-    except ExportError as e:
-        if "LpPool needs an integer p" in str(e):
-            hint = "; --ops decomposed writes it as Abs/Pow/Slice/Sum"
-            raise ExportError(f"{e}{hint}") from None
-        raise
+    except NeedsDecomposedError as e:
+        raise ExportError(f"{e}; --ops decomposed writes it as {e.decomposed_as}") from None
     decomposed = ops == "decomposed" or (ops == "auto" and ck.dtype == "float64")
     report.opset = opset
     report.ir_version = int(model.ir_version)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from cnnbp.core.errors import NativeFormUnavailable
 from cnnbp.core.losses import SoftmaxCrossEntropy
 from cnnbp.core.network import LayerInfo, Sequential
 from cnnbp.errors import UserError
@@ -45,6 +46,15 @@ _RESERVED = ("input", "output", "logits", "probabilities")
 
 class ExportError(UserError):
     """An export or import that cannot be done: message ``"<place>: <problem>"`` (exit 2)."""
+
+
+class NeedsDecomposedError(ExportError):
+    """A layer the native form cannot express but the decomposed form (``ops="decomposed"``) can;
+    ``decomposed_as`` names the standard ops that form uses."""
+
+    def __init__(self, message: str, decomposed_as: str) -> None:
+        super().__init__(message)
+        self.decomposed_as = decomposed_as
 
 
 # ---- optional dependencies ---------------------------------------------------------------------------
@@ -260,6 +270,8 @@ def _emit_layers(g: Graph, net: Sequential, infos: list[LayerInfo], final: str) 
                 f"{layer.name}: layer type {layer.kind!r} has no ONNX mapping (its class can give one with "
                 "to_onnx or onnx_op; NPZ and JSON export need none)"
             ) from None
+        except NativeFormUnavailable as e:
+            raise NeedsDecomposedError(f"{layer.name}: {e}", e.decomposed_as) from None
         except ValueError as e:  # a mapping that cannot express these hyper-parameters
             raise ExportError(f"{layer.name}: {e}") from None
         if not last:

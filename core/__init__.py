@@ -3,7 +3,7 @@
 No YAML, no files, no printing: the rest of ``cnnbp`` does those.
 """
 
-from cnnbp.core.errors import ParameterError, ShapeError
+from cnnbp.core.errors import NativeFormUnavailable, ParameterError, ShapeError
 from cnnbp.core.layers import *  # noqa: F403 - every layer class, by its class name
 from cnnbp.core.layers import __all__ as _layers
 from cnnbp.core.losses import LOSSES, MSE, Loss, SoftmaxCrossEntropy
@@ -20,6 +20,7 @@ __all__ = [
     "Adam",
     "LayerInfo",
     "Loss",
+    "NativeFormUnavailable",
     "Optimizer",
     "ParameterError",
     "Sequential",

@@ -24,3 +24,13 @@ class ParameterError(ValueError):
 
 class RegistryError(ValueError):
     """A layer kind registered twice, or a name that cannot be a kind."""
+
+
+class NativeFormUnavailable(ValueError):
+    """An export mapping whose native operator cannot express these hyper-parameters, while its
+    decomposed form (standard ops) can: an exporter may offer that form.  ``decomposed_as`` names
+    the ops it uses, for the message."""
+
+    def __init__(self, message: str, decomposed_as: str) -> None:
+        super().__init__(message)
+        self.decomposed_as = decomposed_as

@@ -202,7 +202,9 @@ class Layer:
     # ---- export mappings (the exporters and the torch mirror call these) ----------------------------
     def to_onnx(self, g: Any, x: str, out: str, info: LayerInfo) -> None:
         """Append to the ONNX graph builder ``g`` the nodes computing this layer from tensor ``x`` into
-        tensor ``out`` (see ``cnnbp.onnx_graph.Graph``); NotImplementedError when there is no mapping."""
+        tensor ``out`` (see ``cnnbp.onnx_graph.Graph``); NotImplementedError when there is no mapping,
+        ValueError when these hyper-parameters have no ONNX form — :class:`NativeFormUnavailable`
+        when only the native operator lacks one, so the exporter can point at ``--ops decomposed``."""
         if self.onnx_op is None:
             raise NotImplementedError(f"layer type {self.kind!r} has no ONNX mapping")
         g.op(self.onnx_op, [x], out, self.name)

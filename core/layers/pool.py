@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from cnnbp.core.errors import ShapeError
+from cnnbp.core.errors import NativeFormUnavailable, ShapeError
 from cnnbp.core.hyper import Bound, Size
 from cnnbp.core.layers.base import Layer, Shape, Window, expect_rank
 from cnnbp.core.layers.conv import windows
@@ -299,7 +299,7 @@ class LpPool(Pool):
         name, p = self.name, self.p
         if not g.decomposed:
             if p != int(p):
-                raise ValueError(f"LpPool needs an integer p, got {p:g}")
+                raise NativeFormUnavailable(f"LpPool needs an integer p, got {p:g}", "Abs/Pow/Slice/Sum")
             g.op("LpPool", [x], out, name, kernel_shape=list(self.size), strides=list(self.stride), p=int(p))
             return
         xa = g.tmp("Abs", [x], f"{name}/abs", f"{name}/abs")

@@ -19,7 +19,7 @@ import pytest
 
 from cnnbp.core.errors import ShapeError
 from cnnbp.core.hyper import alternatives, hyper_params
-from cnnbp.core.layers import Conv2D, Layer, LpPool
+from cnnbp.core.layers import Conv2D, Identity, Layer, LpPool
 from cnnbp.core.network import Sequential
 from cnnbp.core.registry import LAYERS
 from cnnbp.errors import UserError
@@ -347,3 +347,19 @@ def test_module_imports_without_loading_onnx() -> None:
 
 def test_onnx_available_in_this_environment(onnx) -> None:
     assert onnx_available() is True
+
+
+def test_a_plugins_native_form_unavailable_points_at_the_decomposed_form(onnx) -> None:
+    """Any mapping (a plugin's too) can say that only its native operator lacks a form: the error is then
+    a NeedsDecomposedError carrying the ops the decomposed form uses, which ``export`` turns into a hint."""
+    from cnnbp.core.errors import NativeFormUnavailable
+    from cnnbp.onnx_graph import NeedsDecomposedError
+
+    class Picky(Identity):
+        def to_onnx(self, g, x, out, info):  # noqa: ANN001, ANN202
+            raise NativeFormUnavailable("no native form for this setting", "Mul/Add")
+
+    net = random_net([Picky(name="picky")], (3,), np.float32)
+    with pytest.raises(NeedsDecomposedError, match=r"^picky: no native form for this setting$") as info:
+        to_onnx(net, "mse")
+    assert info.value.decomposed_as == "Mul/Add"
