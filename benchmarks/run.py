@@ -7,8 +7,8 @@ The table (issue 18), each row judged against its goal:
   initial weights, sample order and optimiser in PyTorch at *its* default number of threads — run back
   to back in pairs (A B, B A, …), the ratio taken pair by pair and its median judged: DLT CNN b50 and
   LeNet-5 b64 in float32 ≤ 0.75×, the DLT CNN in float64 and LeNet-5 at batch 256 ≤ 0.9×;
-* **one training step** (``cnnbp bench --vs torch``, random data, alternating in one process) at
-  matched thread counts: shown, not judged.
+* **one training step** (``cnnbp bench --vs torch``, random data, in one process, the two alternating in
+  blocks of 10 steps) at matched thread counts: shown, not judged.
 
 ``--part busy`` measures what a competing CPU-bound process does to an epoch of the engine: the same
 epoch with ``threads: 1`` and with ``auto``, in alternation, while one process spins on a CPU (the goal:
