@@ -39,11 +39,11 @@ __all__ = [
     "AGREE_FLOOR",
     "AGREE_TOL",
     "Agreement",
+    "BLOCK",
     "BenchResult",
     "LayerTime",
     "TORCH_HINT",
     "Timing",
-    "BLOCK",
     "alternate",
     "blas_threads",
     "check_agreement",
@@ -449,8 +449,8 @@ def _timed(
     spin for a while after each of its ops before they sleep (its default, which is how it trains), so
     an engine step right after a PyTorch step runs beside spinning threads: alternating step by step we
     measured the engine 1.7× slower than alone on 2 cores.  Making the workers sleep at once
-    (``OMP_WAIT_POLICY=PASSIVE``, what this did before) slows PyTorch 1.6–2× instead.  In blocks only
-    the first step of each is disturbed, and the medians leave it out."""
+    (``OMP_WAIT_POLICY=PASSIVE``, what this did before) slows PyTorch 1.6–2× instead.  In blocks at
+    most the first step of each is disturbed, one in ten, which does not move the medians much."""
     batch, dtype = x.shape[0], net.dtype
 
     # time the engine and torch from the same weights: keep a copy, restore it before profiling; the
