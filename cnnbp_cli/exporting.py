@@ -37,6 +37,7 @@ from cnnbp.files import commit, json_number, staged
 from cnnbp.onnx_graph import (
     INSTALL_HINT,
     ExportError,
+    ModelLoadError,
     NeedsDecomposedError,
     onnx_available,
     to_onnx,
@@ -205,11 +206,9 @@ def verify_onnx_file(src: Source, file: Path, x: np.ndarray) -> float:
         raise UserError(f"{file}: onnx cannot read the file back ({e})") from None
     try:
         return verify_onnx(model, src.net, x)
-    except ExportError as e:
-        if str(e).startswith("onnxruntime: cannot load"):
-            text = str(e).replace("ops='decomposed'", "--ops decomposed (the float64 default)")
-            raise ExportError(f"{text}; --no-verify writes the file without running it") from None
-        raise
+    except ModelLoadError as e:  # said again with the command's words for the way out
+        again = ModelLoadError(e.detail, e.missing_kernel, "--ops decomposed (the float64 default)")
+        raise ExportError(f"{again}; --no-verify writes the file without running it") from None
 
 
 # ---- the report and the export ---------------------------------------------------------------

@@ -57,6 +57,17 @@ class NeedsDecomposedError(ExportError):
         self.decomposed_as = decomposed_as
 
 
+class ModelLoadError(ExportError):
+    """onnxruntime cannot load a model: ``detail`` is its first line; ``missing_kernel`` when it lacks a
+    kernel for an op and dtype (native float64 ops), which the decomposed form avoids — ``decomposed``
+    is how the message names that form."""
+
+    def __init__(self, detail: str, missing_kernel: bool, decomposed: str = "ops='decomposed'") -> None:
+        hint = f" (onnxruntime lacks a kernel for this op and dtype; float64 models need {decomposed})"
+        super().__init__(f"onnxruntime: cannot load the model: {detail}{hint if missing_kernel else ''}")
+        self.detail, self.missing_kernel = detail, missing_kernel
+
+
 # ---- optional dependencies ---------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def onnx_available() -> bool:
@@ -305,10 +316,7 @@ def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     try:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:
-        hint = ""
-        if "NOT_IMPLEMENTED" in str(e):
-            hint = " (onnxruntime lacks a kernel for this op and dtype; float64 models need ops='decomposed')"
-        raise ExportError(f"onnxruntime: cannot load the model: {first_line(e)}{hint}") from e
+        raise ModelLoadError(first_line(e), "NOT_IMPLEMENTED" in str(e)) from e
     inp = session.get_inputs()[0]
     elem = model.graph.input[0].type.tensor_type.elem_type
     feed = np.ascontiguousarray(x, dtype=onnx_mod.helper.tensor_dtype_to_np_dtype(elem))

@@ -102,6 +102,19 @@ def test_onnx_native_float64_matches_engine_in_reference_evaluator(onnx, case: s
     _check_outputs(_reference_run(model, x), net, loss, x, EXPORT_TOL[np.float64])
 
 
+def test_onnxruntime_without_a_float64_kernel_says_so_in_the_error_type(ort) -> None:
+    """A native float64 Conv has no onnxruntime kernel: ModelLoadError says so as a fact
+    (``missing_kernel``), which ``export`` rewords with its own options, and names the way out."""
+    from cnnbp.onnx_graph import ModelLoadError
+
+    net, loss, x = export_case("lenet_softmax", np.float64)
+    with pytest.raises(ModelLoadError) as info:
+        run_onnx(to_onnx(net, loss, ops="native"), x)
+    assert info.value.missing_kernel and "NOT_IMPLEMENTED" in info.value.detail
+    assert str(info.value).startswith("onnxruntime: cannot load the model: ")
+    assert str(info.value).endswith("float64 models need ops='decomposed')")
+
+
 def test_onnx_batch_dimension_is_symbolic(onnx) -> None:
     net, loss, _ = export_case("lenet_softmax", np.float32)
     model = to_onnx(net, loss)
