@@ -315,7 +315,12 @@ def profile_layers(
     return rows, 1e3 * med(rest)
 
 
-#: steps each side runs in a row when threads run (see :func:`_timed`)
+#: Steps each side runs in a row when threads run.  PyTorch's OpenMP workers spin for a while after
+#: each of its ops before they sleep (its default, which is how it trains), so an engine step right
+#: after a PyTorch step runs beside spinning threads: alternating step by step we measured the engine
+#: 1.7× slower than alone on 2 cores.  Making the workers sleep at once (``OMP_WAIT_POLICY=PASSIVE``,
+#: what bench did before) slows PyTorch 1.6–2× instead.  In blocks at most the first step of each is
+#: disturbed, one in ten, which does not move the medians much.
 BLOCK = 10
 
 
@@ -443,14 +448,8 @@ def _timed(
     steps: int,
     warmup: int,
 ) -> BenchResult:
-    """The timing part of :func:`run_bench`: engine (and PyTorch) in alternation, then the profile.
-
-    With more than one thread each side runs :data:`BLOCK` steps in a row.  PyTorch's OpenMP workers
-    spin for a while after each of its ops before they sleep (its default, which is how it trains), so
-    an engine step right after a PyTorch step runs beside spinning threads: alternating step by step we
-    measured the engine 1.7× slower than alone on 2 cores.  Making the workers sleep at once
-    (``OMP_WAIT_POLICY=PASSIVE``, what this did before) slows PyTorch 1.6–2× instead.  In blocks at
-    most the first step of each is disturbed, one in ten, which does not move the medians much."""
+    """The timing part of :func:`run_bench`: engine (and PyTorch) in alternation (in blocks of
+    :data:`BLOCK` steps when threads run), then the profile."""
     batch, dtype = x.shape[0], net.dtype
 
     # time the engine and torch from the same weights: keep a copy, restore it before profiling; the
